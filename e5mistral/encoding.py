@@ -1,0 +1,120 @@
+"""Batched encoding of queries (with an instruction) and documents (without).
+
+Texts are tokenized once, sorted by length so each batch pads to nearly its own length, run
+through the model under ``torch.inference_mode``, and returned in input order, L2-normalised.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .instructions import format_query
+from .tokenization import check_eos
+
+__all__ = ["E5Embedder"]
+
+
+def _check_texts(texts, what: str) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{what} must be a list of strings, got a single str {texts[:40]!r}; wrap it in a list.")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{what}[{i}] must be a str, got {type(text).__name__} ({text!r}).")
+    return texts
+
+
+class E5Embedder:
+    """Encode texts with an E5-mistral model and its tokenizer.
+
+    Args:
+        model: an :class:`~e5mistral.E5MistralModel` (or anything whose output has
+            ``pooler_output``, such as a peft-wrapped one).
+        tokenizer: its tokenizer; it must append EOS (checked here, see :func:`e5mistral.ensure_eos`).
+        max_length: truncation length in tokens, EOS included.
+        batch_size: texts per forward pass.
+        device: where to run; defaults to the model's device.
+
+    Example:
+
+    ```python
+    >>> embedder = E5Embedder.from_pretrained("out/my-e5")
+    >>> q = embedder.encode_queries(["how tall is mont blanc"], instruction="web_search")
+    >>> d = embedder.encode_documents(["Mont Blanc rises 4,806 m above sea level."])
+    >>> (q @ d.T).item()     # cosine similarity
+    ```
+    """
+
+    def __init__(self, model, tokenizer, max_length: int = 512, batch_size: int = 32, device=None):
+        check_eos(tokenizer)
+        if max_length < 2:
+            raise ValueError(f"E5Embedder: max_length={max_length} leaves no room for a token and EOS; use >= 2.")
+        if batch_size < 1:
+            raise ValueError(f"E5Embedder: batch_size={batch_size} must be >= 1.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, device=None, dtype=None, trust_remote_code: bool = False, **kwargs):
+        """Load model and tokenizer from a folder or Hub id; ``kwargs`` go to ``__init__``."""
+        from transformers import AutoModel, AutoTokenizer
+
+        from . import E5MistralModel  # noqa: F401  (registers the Auto classes)
+
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        if device is not None:
+            model = model.to(device)
+        return cls(model.eval(), tokenizer, device=device, **kwargs)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        show_progress_bar: bool | None = None,
+        max_length: int | None = None,
+    ) -> torch.Tensor:
+        """Embed ``texts`` as they are (no instruction added).
+
+        Returns:
+            `(len(texts), hidden)` float32 CPU tensor, rows in input order.
+        """
+        texts = _check_texts(texts, "texts")
+        batch_size = batch_size or self.batch_size
+        max_length = max_length or self.max_length
+        hidden = self.model.config.hidden_size
+        if not texts:
+            return torch.empty(0, hidden)
+        encoded = self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows at once
+        if show_progress_bar is None:
+            show_progress_bar = len(texts) >= 8 * batch_size
+        out = torch.empty(len(texts), hidden)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                starts = range(0, len(texts), batch_size)
+                for start in tqdm(starts, desc="Encoding", unit="batch", disable=not show_progress_bar):
+                    idx = order[start : start + batch_size]
+                    batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
+                    batch = {k: v.to(self.device) for k, v in batch.items()}
+                    emb = self.model(**batch).pooler_output  # (b, H)
+                    out[idx] = emb.float().cpu()
+        finally:
+            self.model.train(was_training)
+        return out
+
+    def encode_queries(self, queries: Sequence[str], instruction: str | None = None, **kwargs) -> torch.Tensor:
+        """Embed queries as ``Instruct: {instruction}\\nQuery: {query}`` (an instruction name works too)."""
+        queries = _check_texts(queries, "queries")
+        return self.encode([format_query(instruction, q) for q in queries], **kwargs)
+
+    def encode_documents(self, documents: Sequence[str], **kwargs) -> torch.Tensor:
+        """Embed documents bare, with no instruction."""
+        return self.encode(_check_texts(documents, "documents"), **kwargs)
