@@ -110,6 +110,31 @@ class E5MistralModel(MistralModel):
         super().__init__(config)
         self._warned_not_eos = False
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load like any transformers model, from safetensors weights only.
+
+        Pickle checkpoints (``pytorch_model.bin``) are refused: unpickling can run arbitrary code.
+        A `MistralModel` or `MistralForCausalLM` checkpoint loads too (its `lm_head` dropped).
+        """
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError(
+                "E5MistralModel.from_pretrained(use_safetensors=False): only safetensors weights are "
+                "loaded, since pickle checkpoints can run arbitrary code. Drop the argument."
+            )
+        kwargs["use_safetensors"] = True
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except OSError as err:
+            if "safetensors" not in str(err):
+                raise
+            raise OSError(
+                f"{pretrained_model_name_or_path} has no safetensors weights, and E5MistralModel refuses "
+                "pickle checkpoints (pytorch_model.bin), which can run arbitrary code when loaded. Convert "
+                "it once where you trust the file: load the state dict with torch.load(..., weights_only=True) "
+                "and save it with safetensors.torch.save_file or model.save_pretrained(...)."
+            ) from err
+
     def pool(self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pool and (optionally) normalise: `(B, T, H), (B, T) -> (B, H)`."""
         if self.config.pooling == "mean":

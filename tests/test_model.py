@@ -279,3 +279,16 @@ def test_ensure_eos_on_llama_style_tokenizer(tmp_path):
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "fixed")
     e5mistral.check_eos(reloaded)
     assert reloaded("hi")["input_ids"][0] == reloaded.bos_token_id
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    model = make_tiny_model()
+    model.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="refuses pickle checkpoints"):
+        E5MistralModel.from_pretrained(tmp_path)
+    with pytest.raises(OSError, match="refuses pickle checkpoints"):
+        AutoModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="only safetensors"):
+        E5MistralModel.from_pretrained(tmp_path, use_safetensors=False)
