@@ -1,0 +1,170 @@
+"""Generate E5-mistral synthetic training data with an LLM and export it as a Hub-ready folder.
+
+Against one or more OpenAI-compatible servers (vLLM, TGI, llama.cpp, hosted APIs); the token is
+read from OPENAI_API_KEY or HF_TOKEN:
+
+    python scripts/generate_data.py --base-url http://localhost:8000/v1 --base-url http://other:8000/v1 \
+        --model mistralai/Mistral-7B-Instruct-v0.3 --kinds short_long,long_short,short_short,long_long,sts,bitext \
+        --examples-per-kind 1000 --languages all --concurrency 32 --seed 0 --output synthetic-data
+
+Offline, with a local transformers chat model instead of a server:
+
+    python scripts/generate_data.py --local-model Qwen/Qwen2.5-0.5B-Instruct --kinds sts \
+        --examples-per-kind 10 --languages en,de --concurrency 1 --seed 0 --output synthetic-data
+
+A killed run restarted with the same arguments resumes from `OUTPUT/raw/generations.jsonl` and
+ends with the same dataset. The run ends with a summary (examples per kind and language,
+failures by reason, tokens used); `--push-to-hub USER/NAME` then uploads the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from e5mistral.synthetic.builder import KINDS
+from e5mistral.synthetic.export import LOG_RELPATH, export_dataset, push_to_hub
+from e5mistral.synthetic.generate import GenerationConfig, format_summary, run_generation
+from e5mistral.synthetic.languages import parse_language_weights
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    backend = parser.add_argument_group("LLM backend (one of --base-url or --local-model)")
+    backend.add_argument(
+        "--base-url",
+        action="append",
+        default=[],
+        help="OpenAI-compatible base URL, e.g. http://localhost:8000/v1; repeat to share the load",
+    )
+    backend.add_argument("--model", help="model name sent to the server(s)")
+    backend.add_argument(
+        "--local-model", help="a transformers chat model (Hub id or folder) run locally instead of a server"
+    )
+    backend.add_argument(
+        "--json-mode",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="ask for response_format json_object; auto drops it where rejected",
+    )
+    backend.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (recipe: 1.0)")
+    backend.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (recipe: 1.0)")
+    backend.add_argument("--max-tokens", type=int, default=None, help="completion token limit (default: the server's)")
+    backend.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds before a request counts as hung and is retried"
+    )
+    backend.add_argument("--max-retries", type=int, default=6, help="retries of 429/5xx/timeouts per request")
+    backend.add_argument(
+        "--backoff-base", type=float, default=1.0, help="first retry delay in seconds, doubled per retry, with jitter"
+    )
+    backend.add_argument(
+        "--backoff-max", type=float, default=60.0, help="largest retry delay in seconds (Retry-After may ask for more)"
+    )
+
+    plan = parser.add_argument_group("what to generate")
+    plan.add_argument("--kinds", default=",".join(KINDS), help=f"comma list of {', '.join(KINDS)}")
+    plan.add_argument("--examples-per-kind", type=int, required=True, help="example requests per kind")
+    plan.add_argument(
+        "--languages",
+        default="all",
+        help="'all' (XLM-R list, English heaviest) or codes with optional weights, e.g. en:5,de,fr",
+    )
+    plan.add_argument(
+        "--seed", type=int, default=0, help="seed of the plan: templates, languages, placeholders, request ids"
+    )
+    plan.add_argument(
+        "--examples-per-brainstorm", type=int, default=20, help="example requests sharing one brainstormed task pool"
+    )
+    plan.add_argument("--tasks-per-brainstorm", type=int, default=20, help="task definitions asked for per brainstorm")
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--concurrency", type=int, default=16, help="requests in flight at once")
+    run.add_argument(
+        "--max-reasks",
+        type=int,
+        default=2,
+        help="times an invalid answer is asked again before it is recorded as a failure",
+    )
+    run.add_argument("--output", required=True, help="output folder (resumes if it holds a log of the same run)")
+    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    run.add_argument("--no-export", action="store_true", help="only generate; skip the Parquet/README export")
+    run.add_argument(
+        "--push-to-hub",
+        metavar="REPO_ID",
+        help="upload the folder to this dataset repo (token: HF_TOKEN or hf auth login)",
+    )
+    run.add_argument("--private", action="store_true", help="create the Hub repo private")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if bool(args.base_url) == bool(args.local_model):
+        parser.error("give --base-url (one or more) or --local-model, not both and not neither")
+    if args.base_url and not args.model:
+        parser.error("--model is required with --base-url (the model name the server serves)")
+    try:
+        config = GenerationConfig(
+            kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
+            examples_per_kind=args.examples_per_kind,
+            seed=args.seed,
+            languages=parse_language_weights(args.languages),
+            tasks_per_brainstorm=args.tasks_per_brainstorm,
+            examples_per_brainstorm=args.examples_per_brainstorm,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+
+    if args.local_model:
+        from e5mistral.synthetic.llm import TransformersChatBackend
+
+        backend = TransformersChatBackend(
+            args.local_model, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens or 2048
+        )
+    else:
+        from e5mistral.synthetic.llm import EndpointPool
+
+        backend = EndpointPool(
+            args.base_url,
+            args.model,
+            json_mode=args.json_mode,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=args.max_tokens,
+            timeout=args.timeout,
+            max_retries=args.max_retries,
+            backoff_base=args.backoff_base,
+            backoff_max=args.backoff_max,
+        )
+
+    import asyncio
+
+    output = Path(args.output)
+    summary = asyncio.run(
+        run_generation(
+            config,
+            backend,
+            output / LOG_RELPATH,
+            concurrency=args.concurrency,
+            max_reasks=args.max_reasks,
+            progress=not args.no_progress,
+        )
+    )
+    if not args.no_export:
+        command = "python scripts/generate_data.py " + " ".join(
+            shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+        )
+        export_dataset(output, kinds=config.kinds, repo_id=args.push_to_hub, generation_command=command)
+    print(format_summary(summary))
+    if args.push_to_hub:
+        print(f"pushed: {push_to_hub(output, args.push_to_hub, private=args.private)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
