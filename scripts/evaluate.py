@@ -1,0 +1,185 @@
+"""Evaluate an embedding model on BEIR-format folders and/or MTEB tasks; write JSON, print a table.
+
+    python scripts/evaluate.py --model out/my-e5 --beir data/scifact --beir data/nfcorpus \
+        --mteb STS12 --output results.json
+
+BEIR folders hold corpus.jsonl, queries.jsonl and qrels/<split>.tsv. Queries get the task
+instruction (``--instruction``, a text or a name from e5mistral.INSTRUCTIONS; otherwise the
+instruction known for the folder's BEIR name, else "web_search"), documents none. MTEB tasks use
+``--instruction`` when given, otherwise the task's own prompt; documents stay bare and symmetric
+tasks (STS, bitext, ...) are instructed on both sides. ``results.json`` is what
+``scripts/push_to_hub.py model --results`` puts into the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+logger = logging.getLogger("evaluate")
+
+TABLE_METRICS = ("ndcg@10", "mrr@10", "recall@10", "map@10", "recall@100")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="model folder or Hub id (an e5mistral export or compatible)")
+    parser.add_argument(
+        "--beir", action="append", default=[], metavar="DIR", help="BEIR-format folder; repeat for several"
+    )
+    parser.add_argument(
+        "--mteb",
+        action="append",
+        default=[],
+        metavar="TASK",
+        help="MTEB task name (downloads its data); repeat for several",
+    )
+    parser.add_argument(
+        "--instruction", default=None, help="query instruction (text or INSTRUCTIONS name) for every folder/task"
+    )
+    parser.add_argument("--output", required=True, help="results JSON file to write")
+    parser.add_argument("--split", default="test", help="BEIR qrels split (qrels/<split>.tsv)")
+    parser.add_argument("--k-values", default="1,3,5,10,100", help="comma list of cut-offs")
+    parser.add_argument(
+        "--block-size", type=int, default=16384, help="documents embedded and scored per block (bounds memory)"
+    )
+    parser.add_argument(
+        "--ignore-identical-ids", action="store_true", help="never return a document whose id equals the query id"
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+    parser.add_argument("--max-length", type=int, default=512, help="token limit per text, EOS included")
+    parser.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument(
+        "--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="weights dtype (default: as saved)"
+    )
+    parser.add_argument("--trust-remote-code", action="store_true", help="load a Hub model's own code")
+    return parser
+
+
+def _beir_instruction(folder: Path, instruction: str | None) -> str:
+    from e5mistral.evaluation.retrieval import BEIR_INSTRUCTIONS
+    from e5mistral.instructions import get_instruction
+
+    if instruction is not None:
+        return get_instruction(instruction)
+    name = folder.name.lower()
+    if name not in BEIR_INSTRUCTIONS:
+        logger.warning(
+            "no instruction known for BEIR folder %r; using 'web_search'. Pass --instruction to choose one.",
+            folder.name,
+        )
+    return get_instruction(BEIR_INSTRUCTIONS.get(name, "web_search"))
+
+
+def format_table(results: dict) -> str:
+    """A fixed-width table: one row per BEIR folder (TABLE_METRICS) and per MTEB task (main score)."""
+    header = ["dataset", *TABLE_METRICS]
+    rows = [
+        [name, *(f"{100 * r['metrics'][m]:.2f}" if m in r["metrics"] else "-" for m in TABLE_METRICS)]
+        for name, r in results["beir"].items()
+    ]
+    lines = []
+    if rows:
+        widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+        lines += ["  ".join(str(x).ljust(w) for x, w in zip(r, widths)) for r in (header, *rows)]
+    for name, r in results["mteb"].items():
+        lines.append(f"{name} ({r['type']})  {r['main_score_name']} = {100 * r['main_score']:.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.beir and not args.mteb:
+        raise SystemExit("nothing to evaluate: give at least one --beir DIR or --mteb TASK.")
+    try:
+        k_values = tuple(int(k) for k in args.k_values.split(","))
+    except ValueError:
+        raise SystemExit(f"--k-values {args.k_values!r} must be a comma list of integers, e.g. 1,10,100.") from None
+    for folder in args.beir:
+        if not Path(folder).is_dir():
+            raise SystemExit(f"--beir {folder!r} is not a folder; it must hold corpus.jsonl, queries.jsonl and qrels/.")
+
+    import torch
+
+    from e5mistral import E5Embedder
+    from e5mistral.evaluation.retrieval import evaluate_beir
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    embedder = E5Embedder.from_pretrained(
+        args.model,
+        device=device,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+        trust_remote_code=args.trust_remote_code,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
+    results: dict = {
+        "model": args.model,
+        "config": {
+            "max_length": args.max_length,
+            "dtype": args.dtype or str(next(embedder.model.parameters()).dtype).removeprefix("torch."),
+            "k_values": list(k_values),
+        },
+        "beir": {},
+        "mteb": {},
+    }
+
+    for folder in map(Path, args.beir):
+        instruction = _beir_instruction(folder, args.instruction)
+        start = time.perf_counter()
+        result = evaluate_beir(
+            embedder,
+            folder,
+            instruction,
+            split=args.split,
+            k_values=k_values,
+            block_size=args.block_size,
+            ignore_identical_ids=args.ignore_identical_ids,
+            device=device,
+        )
+        results["beir"][folder.name] = {
+            "split": args.split,
+            "instruction": instruction,
+            "num_queries": result.num_queries,
+            "num_documents": result.num_documents,
+            "seconds": round(time.perf_counter() - start, 2),
+            "metrics": result.metrics,
+        }
+        logger.info("%s: nDCG@10 = %.4f", folder.name, result.metrics.get("ndcg@10", float("nan")))
+
+    if args.mteb:
+        import mteb
+
+        from e5mistral.evaluation.mteb import E5MtebEncoder
+
+        instructions = {name: args.instruction for name in args.mteb} if args.instruction else None
+        model = E5MtebEncoder(embedder, instructions=instructions, name_or_path=args.model)
+        evaluation = mteb.evaluate(
+            model, mteb.get_tasks(tasks=args.mteb), cache=None, encode_kwargs={"batch_size": args.batch_size}
+        )
+        for task_result in evaluation.task_results:
+            task = mteb.get_task(task_result.task_name)
+            results["mteb"][task_result.task_name] = {
+                "type": task.metadata.type,
+                "dataset": {"path": task.metadata.dataset["path"], "revision": task.metadata.dataset["revision"]},
+                "main_score_name": task.metadata.main_score,
+                "main_score": task_result.get_score(),
+                "scores": task_result.scores,
+            }
+
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(format_table(results))
+    print(f"wrote {output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""Exact block-bounded search and the BEIR evaluator against full-matrix oracles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from e5mistral.evaluation.metrics import retrieval_metrics
+from e5mistral.evaluation.retrieval import (
+    document_text,
+    evaluate_beir,
+    evaluate_retrieval,
+    exact_search,
+    load_beir,
+    search,
+)
+
+
+def _full_search(q, d, k):
+    """Oracle: the whole (Q, N) score matrix, stable sort (ties -> lower corpus index)."""
+    scores, idx = (q @ d.T).sort(dim=1, descending=True, stable=True)  # (Q, N)
+    return scores[:, :k], idx[:, :k]
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 64, 1000])
+@pytest.mark.parametrize("top_k", [1, 10, 200])
+def test_block_search_equals_full_matrix_search(block_size, top_k):
+    g = torch.Generator().manual_seed(block_size * 1000 + top_k)
+    q = torch.nn.functional.normalize(torch.randn(13, 16, generator=g), dim=-1)  # (Q, D)
+    d = torch.nn.functional.normalize(torch.randn(150, 16, generator=g), dim=-1)  # (N, D)
+    scores, idx = exact_search(q, d, top_k=top_k, block_size=block_size)
+    ref_scores, ref_idx = _full_search(q, d, top_k)
+    assert idx.shape == (13, min(top_k, 150))
+    assert torch.equal(idx, ref_idx)
+    torch.testing.assert_close(scores, ref_scores)
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 5, 40])
+def test_ties_go_to_lower_corpus_index_whatever_the_blocks(block_size):
+    # small integer vectors: dot products are exact, so ties are exact ties in every block layout
+    g = torch.Generator().manual_seed(block_size)
+    q = torch.randint(-2, 3, (9, 4), generator=g).float()  # (Q, D)
+    d = torch.randint(-1, 2, (40, 4), generator=g).float()  # (N, D), many duplicate rows
+    scores, idx = exact_search(q, d, top_k=6, block_size=block_size)
+    ref_scores, ref_idx = _full_search(q, d, 6)
+    assert torch.equal(idx, ref_idx)
+    assert torch.equal(scores, ref_scores)
+
+
+def test_exact_search_takes_lazy_blocks_and_checks_shapes():
+    q = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
+    blocks = (d[i : i + 11] for i in range(0, 50, 11))  # a generator: the corpus is never whole
+    _, idx = exact_search(q, blocks, top_k=5)
+    assert torch.equal(idx, _full_search(q, d, 5)[1])
+    with pytest.raises(ValueError, match="expected \\(B, 8\\)"):
+        exact_search(q, torch.randn(10, 7), top_k=2)
+    with pytest.raises(ValueError, match="top_k"):
+        exact_search(q, d, top_k=0)
+
+
+class BagOfWordsEmbedder:
+    """A deterministic stand-in for E5Embedder that records what it was asked to embed.
+
+    Embeddings are raw word counts (not normalised): every dot product is an exact integer, so
+    equal scores are exact ties in any block layout and the tie rule is tested end to end.
+    """
+
+    def __init__(self, dim: int = 64):
+        self.dim = dim
+        self.calls: list[tuple[str, list[str], str | None]] = []
+
+    def _embed(self, texts):
+        out = torch.zeros(len(texts), self.dim)  # (N, D)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                out[i, sum(map(ord, word)) % self.dim] += 1.0
+        return out
+
+    def encode_queries(self, queries, instruction=None, **kwargs):
+        self.calls.append(("query", list(queries), instruction))
+        return self._embed([f"{instruction} {q}" if instruction else q for q in queries])
+
+    def encode_documents(self, documents, **kwargs):
+        self.calls.append(("document", list(documents), None))
+        return self._embed(documents)
+
+
+def _write_beir(folder, corpus, queries, qrels, header=True):
+    (folder / "qrels").mkdir(parents=True)
+    with (folder / "corpus.jsonl").open("w") as f:
+        for doc_id, doc in corpus.items():
+            f.write(json.dumps({"_id": doc_id, **doc}) + "\n")
+    with (folder / "queries.jsonl").open("w") as f:
+        for qid, text in queries.items():
+            f.write(json.dumps({"_id": qid, "text": text, "metadata": {}}) + "\n")
+    with (folder / "qrels" / "test.tsv").open("w") as f:
+        if header:
+            f.write("query-id\tcorpus-id\tscore\n")
+        for qid, judged in qrels.items():
+            for doc_id, grade in judged.items():
+                f.write(f"{qid}\t{doc_id}\t{grade}\n")
+    return folder
+
+
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+    "nu",
+    "xi",
+    "omicron",
+    "pi",
+    "rho",
+    "sigma",
+    "tau",
+]
+
+
+def _toy_collection(seed=0, num_docs=60, num_queries=12):
+    g = torch.Generator().manual_seed(seed)
+    pick = lambda n: " ".join(WORDS[i] for i in torch.randint(len(WORDS), (n,), generator=g).tolist())
+    corpus = {f"doc{i}": {"title": pick(2) if i % 3 else "", "text": pick(8)} for i in range(num_docs)}
+    queries = {f"q{i}": pick(3) for i in range(num_queries)}
+    qrels = {
+        f"q{i}": {
+            f"doc{j}": int(torch.randint(0, 3, (1,), generator=g))
+            for j in torch.randperm(num_docs, generator=g)[:3].tolist()
+        }
+        for i in range(num_queries)
+    }
+    return corpus, queries, qrels
+
+
+def test_evaluate_beir_matches_oracle_run_and_instructs_queries_only(tmp_path):
+    corpus, queries, qrels = _toy_collection()
+    queries["q_unjudged"] = "alpha"  # not in qrels: must not be searched
+    folder = _write_beir(tmp_path / "toy", corpus, queries, qrels)
+    embedder = BagOfWordsEmbedder()
+    result = evaluate_beir(embedder, folder, instruction="Find it", k_values=(1, 5, 10), block_size=7)
+
+    # Oracle: full matrix of the same embeddings, run built by hand, metrics on that run.
+    qids = list(qrels)
+    texts = [document_text(corpus[d]) for d in corpus]
+    q = embedder._embed([f"Find it {queries[qid]}" for qid in qids])
+    d = embedder._embed(texts)
+    ref_scores, ref_idx = _full_search(q, d, 10)
+    doc_ids = list(corpus)
+    oracle_run = {
+        qid: {doc_ids[j]: s for s, j in zip(ref_scores[i].tolist(), ref_idx[i].tolist())} for i, qid in enumerate(qids)
+    }
+    assert result.run.keys() == oracle_run.keys()
+    for qid in qids:
+        assert list(result.run[qid]) == list(oracle_run[qid])
+        assert list(result.run[qid].values()) == pytest.approx(list(oracle_run[qid].values()), abs=1e-6)
+    assert result.metrics == pytest.approx(retrieval_metrics(oracle_run, qrels, (1, 5, 10)), abs=1e-9)
+    assert result.num_queries == len(qrels) and result.num_documents == len(corpus)
+
+    query_calls = [c for c in embedder.calls if c[0] == "query"]
+    doc_calls = [c for c in embedder.calls if c[0] == "document"]
+    assert (
+        len(query_calls) == 1
+        and query_calls[0][2] == "Find it"
+        and sorted(query_calls[0][1]) == sorted(queries[qid] for qid in qrels)
+    )
+    assert [len(c[1]) for c in doc_calls] == [7] * 8 + [4]  # 60 documents in blocks of 7, uninstructed
+    assert [text for c in doc_calls for text in c[1]] == texts
+
+
+def test_block_size_does_not_change_results(tmp_path):
+    corpus, queries, qrels = _toy_collection(seed=3)
+    folder = _write_beir(tmp_path / "toy", corpus, queries, qrels, header=False)
+    small = evaluate_beir(BagOfWordsEmbedder(), folder, instruction=None, block_size=4)
+    large = evaluate_beir(BagOfWordsEmbedder(), folder, instruction=None, block_size=10_000)
+    assert small.run.keys() == large.run.keys()
+    for qid in small.run:
+        assert list(small.run[qid]) == list(large.run[qid])
+    assert small.metrics == pytest.approx(large.metrics)
+
+
+def test_ignore_identical_ids():
+    corpus = {"a": "alpha beta", "b": "alpha gamma", "c": "delta"}
+    run = search(BagOfWordsEmbedder(), {"a": "alpha beta"}, corpus, None, top_k=2, ignore_identical_ids=True)
+    assert list(run["a"]) == ["b", "c"]
+    run = search(BagOfWordsEmbedder(), {"a": "alpha beta"}, corpus, None, top_k=2)
+    assert list(run["a"]) == ["a", "b"]
+
+
+def test_load_beir_header_missing_queries_and_errors(tmp_path, caplog):
+    folder = _write_beir(
+        tmp_path / "toy", {"d1": {"title": "T", "text": "x"}}, {"q1": "one"}, {"q1": {"d1": 2}, "q9": {"d1": 1}}
+    )
+    data = load_beir(folder)
+    assert data.qrels == {"q1": {"d1": 2}} and data.queries == {"q1": "one"}
+    assert "q9" in caplog.text
+    assert data.corpus == {"d1": {"title": "T", "text": "x"}} and data.name == "toy"
+    with pytest.raises(FileNotFoundError, match="split='dev'.*splits found: \\['test'\\]"):
+        load_beir(folder, split="dev")
+    (folder / "qrels" / "trec.tsv").write_text("q1\t0\td1\t3\n")  # TREC-style, with the iteration column
+    assert load_beir(folder, split="trec").qrels == {"q1": {"d1": 3}}
+    (folder / "corpus.jsonl").write_text('{"title": "no id"}\n')
+    with pytest.raises(ValueError, match="_id"):
+        load_beir(folder)
+
+
+def test_evaluate_retrieval_with_tiny_model(tiny_folder):
+    """The real E5Embedder end to end; block layout must not change the run."""
+    from e5mistral import E5Embedder
+
+    embedder = E5Embedder.from_pretrained(tiny_folder, batch_size=8)
+    corpus, queries, qrels = _toy_collection(seed=5, num_docs=30, num_queries=6)
+    a = evaluate_retrieval(embedder, queries, corpus, qrels, "web_search", k_values=(1, 10), block_size=4)
+    b = evaluate_retrieval(embedder, queries, corpus, qrels, "web_search", k_values=(1, 10), block_size=100)
+    assert {qid: list(docs) for qid, docs in a.run.items()} == {qid: list(docs) for qid, docs in b.run.items()}
+    assert a.metrics == pytest.approx(b.metrics)
+    q = embedder.encode_queries([queries[qid] for qid in qrels], instruction="web_search")
+    d = embedder.encode_documents([document_text(doc) for doc in corpus.values()])
+    top = (q @ d.T).argmax(dim=1).tolist()
+    assert [next(iter(a.run[qid])) for qid in qrels] == [list(corpus)[j] for j in top]
+
+
+def test_evaluate_script_writes_results_and_table(tiny_folder, tmp_path, capsys):
+    """The command in scripts/evaluate.py's docstring, on two toy BEIR folders."""
+    import importlib.util
+    from pathlib import Path
+
+    from e5mistral import E5Embedder
+    from e5mistral.instructions import get_instruction
+
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_script", Path(__file__).parents[1] / "scripts" / "evaluate.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    folders = [
+        _write_beir(tmp_path / name, *_toy_collection(seed=i, num_docs=25, num_queries=5))
+        for i, name in enumerate(["scifact", "toyset"])
+    ]
+    out = tmp_path / "results.json"
+    argv = [
+        "--model",
+        str(tiny_folder),
+        "--beir",
+        str(folders[0]),
+        "--beir",
+        str(folders[1]),
+        "--output",
+        str(out),
+        "--block-size",
+        "8",
+    ]
+    results = script.main(argv)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
+    assert results["beir"]["scifact"]["instruction"] == get_instruction("scientific_claims")
+    assert results["beir"]["toyset"]["instruction"] == get_instruction("web_search")
+    embedder = E5Embedder.from_pretrained(tiny_folder)
+    direct = evaluate_beir(embedder, folders[0], get_instruction("scientific_claims"))
+    assert results["beir"]["scifact"]["metrics"] == pytest.approx(direct.metrics)
+    printed = capsys.readouterr().out
+    assert "scifact" in printed and f"{100 * direct.metrics['ndcg@10']:.2f}" in printed
+    with pytest.raises(SystemExit, match="nothing to evaluate"):
+        script.main(["--model", str(tiny_folder), "--output", str(out)])
