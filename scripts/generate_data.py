@@ -1,7 +1,8 @@
 """Generate E5-mistral synthetic training data with an LLM and export it as a Hub-ready folder.
 
 Against one or more OpenAI-compatible servers (vLLM, TGI, llama.cpp, hosted APIs); the token is
-read from OPENAI_API_KEY or HF_TOKEN:
+read from OPENAI_API_KEY (HF_TOKEN or `hf auth login` for Hugging Face hosts only), sent only in
+the Authorization header and redacted from every message, record and card:
 
     python scripts/generate_data.py --base-url http://localhost:8000/v1 --base-url http://other:8000/v1 \
         --model mistralai/Mistral-7B-Instruct-v0.3 --kinds short_long,long_short,short_short,long_long,sts,bitext \
@@ -13,8 +14,11 @@ Offline, with a local transformers chat model instead of a server:
         --examples-per-kind 10 --languages en,de --concurrency 1 --seed 0 --output synthetic-data
 
 A killed run restarted with the same arguments resumes from `OUTPUT/raw/generations.jsonl` and
-ends with the same dataset. The run ends with a summary (examples per kind and language,
-failures by reason, tokens used); `--push-to-hub USER/NAME` then uploads the folder.
+ends with the same dataset. A run that stops on a fault (the server gone, a failed write to the
+log, a rejected token) exits with status 1 and a message naming the cause; its unfinished
+requests are pending, and the same command resumes them once the cause is fixed. The run ends
+with a summary (examples per kind and language, failures by reason, tokens used);
+`--push-to-hub USER/NAME` then uploads the folder.
 """
 
 from __future__ import annotations
@@ -24,10 +28,18 @@ import shlex
 import sys
 from pathlib import Path
 
-from e5mistral.synthetic.builder import KINDS
+from e5mistral.synthetic.builder import KINDS, read_generation_log
 from e5mistral.synthetic.export import LOG_RELPATH, export_dataset, push_to_hub
-from e5mistral.synthetic.generate import GenerationConfig, format_summary, run_generation
+from e5mistral.synthetic.generate import (
+    GenerationConfig,
+    GenerationLogError,
+    format_summary,
+    plan_requests,
+    run_generation,
+    summarize,
+)
 from e5mistral.synthetic.languages import parse_language_weights
+from e5mistral.synthetic.llm import FatalLLMError, redact
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -145,20 +157,33 @@ def main(argv: list[str] | None = None) -> int:
     import asyncio
 
     output = Path(args.output)
-    summary = asyncio.run(
-        run_generation(
-            config,
-            backend,
-            output / LOG_RELPATH,
-            concurrency=args.concurrency,
-            max_reasks=args.max_reasks,
-            progress=not args.no_progress,
+    try:
+        summary = asyncio.run(
+            run_generation(
+                config,
+                backend,
+                output / LOG_RELPATH,
+                concurrency=args.concurrency,
+                max_reasks=args.max_reasks,
+                progress=not args.no_progress,
+            )
         )
-    )
+    except (FatalLLMError, GenerationLogError) as error:
+        log_path = output / LOG_RELPATH
+        records = read_generation_log(log_path) if log_path.exists() else []
+        total = sum(len(step) for step in plan_requests(config))
+        print(format_summary(summarize(records, config.kinds)))
+        print(
+            f"error: {redact(str(error))}\nstopped with {len(records)} of {total} requests logged in "
+            f"{log_path}; the other {total - len(records)} are pending: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 1
     if not args.no_export:
         command = "python scripts/generate_data.py " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
         )
+        command = redact(command)  # a --base-url may carry credentials
         export_dataset(output, kinds=config.kinds, repo_id=args.push_to_hub, generation_command=command)
     print(format_summary(summary))
     if args.push_to_hub:

@@ -29,6 +29,7 @@ from typing import Any
 
 from .builder import KINDS, E5SyntheticData, read_generation_log
 from .generate import summarize
+from .llm import redact
 
 __all__ = ["DEFAULT_CARD_TEMPLATE", "export_dataset", "push_to_hub", "render_card"]
 
@@ -138,16 +139,25 @@ def push_to_hub(
     """Create the dataset repo (if needed) and upload the exported folder; returns the commit URL.
 
     The token comes from `token`, else `HF_TOKEN`, else the saved `hf auth login`; it is only
-    passed to `HfApi`, never written to a file.
+    passed to `HfApi`, never written to a file, and cut out of the message of an HTTP error
+    (whose server text could echo it).
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
 
     output_dir = Path(output_dir)
     if not (output_dir / "README.md").exists():
         raise FileNotFoundError(f"{output_dir}/README.md missing; run export_dataset({str(output_dir)!r}) first")
-    api = HfApi(token=token or os.environ.get("HF_TOKEN") or None)
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    commit = api.upload_folder(
-        folder_path=str(output_dir), repo_id=repo_id, repo_type="dataset", commit_message=commit_message
-    )
+    token = token or os.environ.get("HF_TOKEN") or None
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=str(output_dir), repo_id=repo_id, repo_type="dataset", commit_message=commit_message
+        )
+    except HfHubHTTPError as error:
+        secrets = [token or "", get_token() or ""]
+        error.args = tuple(redact(a, secrets) if isinstance(a, str) else a for a in error.args)
+        error.server_message = redact(error.server_message or "", secrets) or None
+        raise
     return str(commit)

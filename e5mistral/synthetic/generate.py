@@ -19,6 +19,21 @@ How a run works:
    same dataset (rows are ordered by request position, exact duplicates dropped, see
    `builder.dataset_rows`).
 
+Faults that stop a run, and what a rerun of the same command does about them:
+
+- The server goes away (connection refused or reset, 429/502/503 through every retry): the
+  request is not recorded but left pending (:class:`~e5mistral.synthetic.llm.EndpointsUnreachable`
+  stops the run; requests in flight are cancelled unrecorded); the rerun asks it again. Only
+  failures that belong to the request (an unusable answer, HTTP 500, a hang past the timeout)
+  are recorded as final, so the log never depends on when a server vanished.
+- A write to the log fails (disk full, I/O error): the bytes of that record are cut off again,
+  so the log ends on a whole line, and :class:`GenerationLogError` stops the run naming the
+  log path; the record's request is pending.
+- A kill mid-write leaves a torn last line: it is cut off when the log is opened again, and
+  its request is asked again.
+- Two runs on one log at once: refused (an exclusive lock on the log), since both would ask
+  the same pending requests.
+
 Log record fields: `id, kind, step ("brainstorm"|"example"), index, template, language,
 placeholders, task, status ("ok"|"failed"), output (the validated JSON fields, or
 {"tasks": [...]} for a brainstorm), failure ({"reason", "detail"} or null), attempts,
@@ -35,6 +50,8 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -52,7 +69,7 @@ from tqdm.auto import tqdm
 
 from .builder import KINDS, dataset_rows, read_generation_log
 from .languages import parse_language_weights
-from .llm import ChatResult, FatalLLMError, LLMError
+from .llm import ChatResult, FatalLLMError, LLMError, redact
 from .tasks import (
     BRAINSTORM_KINDS,
     InvalidAnswer,
@@ -69,6 +86,7 @@ from .tasks import (
 __all__ = [
     "GenerationConfig",
     "GenerationLog",
+    "GenerationLogError",
     "Request",
     "extract_json",
     "format_summary",
@@ -237,38 +255,85 @@ def _truncate_partial_last_line(path: Path, chunk: int = 1 << 16) -> None:
         f.truncate(0)
 
 
+class GenerationLogError(RuntimeError):
+    """The generation log cannot be written or read; the message names its path and the fix."""
+
+
 class GenerationLog:
     """The append-only JSONL log: `records` maps request id -> record (first one wins).
 
-    Opening repairs a last line cut short by a killed writer; every append is one `os.write`
-    of a whole line on an `O_APPEND` descriptor, so a kill leaves at most a partial last line.
+    Opening takes an exclusive lock (a second run on the same log is refused) and repairs a
+    last line cut short by a killed writer. Every append writes a whole line on an `O_APPEND`
+    descriptor; a short write is continued, and a failed one (disk full) is cut back to the
+    last whole line before :class:`GenerationLogError` is raised, so the file never holds a
+    partial line that a later append would glue onto.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise GenerationLogError(
+                f"{self.path} is being written by another generator run; wait for it to finish "
+                "(or stop it) before resuming, or write to a new --output folder"
+            ) from None
+        try:
             _truncate_partial_last_line(self.path)
             self.records = {r["id"]: r for r in read_generation_log(self.path)}
-        else:
-            self.records = {}
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._size = os.fstat(self._fd).st_size  # end of the last whole line
+        self._broken: str | None = None
 
     def append(self, record: dict[str, Any]) -> None:
+        """Write one record as one line; raises GenerationLogError (the line not written)."""
+        if self._broken:
+            raise GenerationLogError(self._broken)
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        os.write(self._fd, line)
+        written = 0
+        try:
+            while written < len(line):  # os.write may write less than asked (e.g. a disk filling up)
+                written += os.write(self._fd, line[written:])
+        except OSError as error:
+            self._broken = (
+                f"could not append to the generation log {self.path}: {error.strerror or error} "
+                f"(errno {errno.errorcode.get(error.errno, error.errno)}); the run stopped with "
+                f"{len(self.records)} requests logged, none lost: fix the cause (e.g. free disk "
+                "space), then rerun the same command to resume"
+            )
+            try:
+                os.ftruncate(self._fd, self._size)  # drop the partial line; opening would too
+            except OSError:
+                pass
+            raise GenerationLogError(self._broken) from error
+        self._size += len(line)
         self.records.setdefault(record["id"], record)
 
     def close(self) -> None:
-        os.close(self._fd)
+        os.close(self._fd)  # releases the lock
 
 
 def _check_manifest(log_path: Path, config: GenerationConfig) -> None:
     manifest_path = log_path.parent / "run.json"
     current = asdict(config)
     current["kinds"] = list(config.kinds)
+    previous = None
     if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+        try:
+            previous = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except ValueError as error:
+            if log_path.exists() and log_path.stat().st_size:
+                raise GenerationLogError(
+                    f"{manifest_path} is unreadable ({error}) but {log_path} holds records: restore "
+                    "run.json, or delete it to resume on trust that the arguments are the same"
+                ) from None
+            previous = None  # torn before any request was logged: write it again
+    if previous is not None:
         for key, value in current.items():
             if previous.get(key) != value:
                 raise ValueError(
@@ -276,7 +341,12 @@ def _check_manifest(log_path: Path, config: GenerationConfig) -> None:
                     "resume with the same arguments, or write to a new --output folder"
                 )
     else:
-        manifest_path.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
+        temporary = manifest_path.with_name(f".{manifest_path.name}.tmp")
+        try:  # write-then-rename: a kill never leaves a torn run.json
+            temporary.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
+            os.replace(temporary, manifest_path)
+        except OSError as error:
+            raise GenerationLogError(f"could not write {manifest_path}: {error}") from error
 
 
 class _Runner:
@@ -313,6 +383,8 @@ class _Runner:
 
     def record(self, request: Request, task, output, failure, attempts, usage, endpoint) -> None:
         placeholders = dict(request.placeholders)
+        if failure:  # a server may echo the Authorization header in its error text
+            failure = {"reason": failure["reason"], "detail": redact(failure["detail"])}
         self.log.append(
             {
                 "id": request.id,
@@ -390,8 +462,9 @@ async def _run_pool(requests: Sequence[Request], work: Callable[[Request], Await
         async with asyncio.TaskGroup() as group:
             for _ in range(min(concurrency, len(requests))):
                 group.create_task(worker())
-    except* FatalLLMError as errors:  # stop the run: the log keeps what finished
-        raise errors.exceptions[0] from None
+    except* (FatalLLMError, GenerationLogError) as errors:  # stop the run: the log keeps what finished
+        error = errors.exceptions[0]
+        raise error from error.__cause__  # not the group: the caller sees the one fault
 
 
 async def run_generation(

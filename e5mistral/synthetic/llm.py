@@ -12,7 +12,21 @@ jitter, waiting at least as long as a `Retry-After` (or `retry-after-ms`) header
 
 Both return a :class:`ChatResult` with the text and the token usage, and raise
 :class:`LLMError` for a request that failed for good (`reason` like "http_500" or "timeout"),
-or :class:`FatalLLMError` for faults that no retry can fix (bad token, unknown model).
+or :class:`FatalLLMError` for faults that stop the run: no retry can fix them (bad token,
+unknown model), or no endpoint can be reached (:class:`EndpointsUnreachable`).
+
+Failed for good, or left pending? A failure is recorded in the log (and never asked again)
+only when it belongs to the request: an unusable answer, an HTTP 500 or another error the
+server answered with, a request that hung past the timeout. When the server itself is gone
+(connection refused or reset, a connect timeout, 502/503, 429 after every retry), asking
+again later would succeed, so the request is *not* recorded: :class:`EndpointsUnreachable`
+stops the run and a rerun of the same command asks the pending requests again. Whether a
+request ends in the log therefore never depends on when a server went away.
+
+Secrets: tokens go only into the `Authorization` header. Every error detail (server bodies
+included, which some servers use to echo the header back) passes through :func:`redact`,
+and endpoints are named without URL credentials. `HF_TOKEN` is a Hub token, so it is sent
+to Hugging Face hosts only; any other server gets `OPENAI_API_KEY` or an explicit token.
 
 Example:
     >>> pool = EndpointPool(["http://localhost:8000/v1"], model="mistral-7b-instruct")  # doctest: +SKIP
@@ -27,20 +41,34 @@ import email.utils
 import json
 import os
 import random
+import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
 import httpx2
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, OfflineModeIsEnabled
 
-__all__ = ["ChatResult", "EndpointPool", "FatalLLMError", "LLMError", "TransformersChatBackend", "token_from_env"]
+__all__ = [
+    "ChatResult",
+    "EndpointPool",
+    "EndpointsUnreachable",
+    "FatalLLMError",
+    "LLMError",
+    "TransformersChatBackend",
+    "redact",
+    "token_from_env",
+]
 
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 FATAL_STATUS = frozenset({401, 403, 404})
+# Answers that say "the server is not there (now)", not "this request failed": after every
+# retry the request is left pending for a rerun instead of being recorded as a failure.
+UNAVAILABLE_STATUS = frozenset({429, 502, 503})
+TOKEN_ENV_VARS = ("OPENAI_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 
 
 @dataclass
@@ -63,25 +91,74 @@ class LLMError(RuntimeError):
 
 
 class FatalLLMError(LLMError):
-    """A fault that retrying cannot fix (401/403/404): the run stops instead of recording it."""
+    """A fault that stops the run instead of being recorded (401/403/404, offline mode): the
+    request is left pending, so a rerun after the fix asks it again."""
+
+
+class EndpointsUnreachable(FatalLLMError):
+    """No endpoint answered a request through all its retries (connection refused or reset,
+    connect timeout, 429/502/503). The run stops; its unanswered requests stay pending."""
+
+
+_SECRET_PATTERNS = (
+    (re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/=-]{6,}"), r"\1\2***"),
+    (re.compile(r"\bhf_[A-Za-z0-9]{8,}"), "hf_***"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), "sk-***"),
+)
+
+
+def _is_secret(value: str | None) -> bool:
+    return bool(value) and value != "EMPTY" and len(value) >= 6
+
+
+def redact(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """`text` with every token replaced by `***`: the given `secrets`, the tokens in the
+    environment (OPENAI_API_KEY, HF_TOKEN, HUGGING_FACE_HUB_TOKEN), URL credentials, and
+    anything shaped like a bearer, `hf_` or `sk-` token. Used on every error detail and
+    endpoint name that may reach a log, the generation log or a card.
+
+    Example:
+        >>> redact("401: invalid header 'Bearer sk-abcdef123456' for https://me:pw@host/v1")
+        "401: invalid header 'Bearer ***' for https://***@host/v1"
+    """
+    values = {v for v in secrets if _is_secret(v)}
+    values |= {os.environ[n] for n in TOKEN_ENV_VARS if _is_secret(os.environ.get(n))}
+    for value in sorted(values, key=len, reverse=True):  # longest first: a token may contain another
+        text = text.replace(value, "***")
+    text = re.sub(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@", r"\1***@", text)
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _public_url(url: str) -> str:
+    """The URL without user:password (what logs and records name the endpoint by)."""
+    parts = urlparse(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+    return urlunparse(parts._replace(netloc=host + (f":{parts.port}" if parts.port else "")))
+
+
+def _is_hf_host(host: str) -> bool:
+    return host in ("hf.co", "huggingface.co") or host.endswith((".hf.co", ".huggingface.co", ".huggingface.cloud"))
 
 
 def token_from_env(base_url: str | None = None) -> str:
-    """The API token: `OPENAI_API_KEY`, else `HF_TOKEN`, else (for huggingface.co URLs only)
-    the token saved by `hf auth login`, else the placeholder "EMPTY" that keyless servers
-    (vLLM, llama.cpp) accept. A saved Hub login is never sent to a third-party URL.
+    """The API token for `base_url`: `OPENAI_API_KEY`; else, for Hugging Face hosts only
+    (huggingface.co, hf.co, Inference Endpoints on *.huggingface.cloud), `HF_TOKEN` or the
+    token saved by `hf auth login`; else the placeholder "EMPTY" that keyless servers (vLLM,
+    llama.cpp) accept. A Hub token is never sent to a third-party URL.
 
     Example:
         >>> os.environ.pop("OPENAI_API_KEY", None); os.environ.pop("HF_TOKEN", None)  # doctest: +SKIP
         >>> token_from_env("http://localhost:8000/v1")  # doctest: +SKIP
         'EMPTY'
     """
-    for name in ("OPENAI_API_KEY", "HF_TOKEN"):
-        if os.environ.get(name):
-            return os.environ[name]
-    host = urlparse(base_url or "").hostname or ""
-    if host == "hf.co" or host.endswith((".hf.co", "huggingface.co")):
-        from huggingface_hub import get_token
+    if os.environ.get("OPENAI_API_KEY"):
+        return os.environ["OPENAI_API_KEY"]
+    if _is_hf_host(urlparse(base_url or "").hostname or ""):
+        from huggingface_hub import get_token  # HF_TOKEN, else the saved login
 
         return get_token() or "EMPTY"
     return "EMPTY"
@@ -112,10 +189,12 @@ def retry_after_seconds(headers: Any) -> float | None:
 
 @dataclass
 class _Endpoint:
-    url: str
-    client: AsyncInferenceClient
+    url: str  # without credentials: safe to log and record
+    client: AsyncInferenceClient = field(repr=False)
     json_mode: bool
     in_flight: int = 0
+    failures: int = 0  # connection faults in a row
+    down_until: float = 0.0  # time.monotonic() before which it is only tried if all are down
 
 
 class EndpointPool:
@@ -125,12 +204,16 @@ class EndpointPool:
         base_urls: the servers' base URLs, e.g. `http://host:8000/v1` (`/chat/completions` is
             appended by `AsyncInferenceClient`).
         model: the model name sent in the payload.
-        token: API token; default :func:`token_from_env`. Never written anywhere.
+        token: API token; default :func:`token_from_env`. Sent only in the Authorization
+            header, and redacted from every error message.
         json_mode: "auto" (ask for JSON mode, drop it where rejected), "on" or "off".
         temperature, top_p: sampling, 1.0 and 1.0 as in the recipe.
         max_tokens: completion limit, None for the server default.
         timeout: seconds before a request counts as hung and is retried.
-        max_retries: retries of transient faults (429, 5xx, timeouts) per request.
+        max_retries: retries of transient faults (429, 5xx, timeouts, connection faults) per
+            request. An endpoint that cannot be reached is avoided for a backoff delay while
+            another one is up; when every try failed to reach a server, the run stops with
+            :class:`EndpointsUnreachable` and the request stays pending.
         backoff_base, backoff_max: delay before retry n is `min(backoff_max, backoff_base * 2**n)`
             scaled by a random factor in [0.5, 1], and never below the server's Retry-After.
 
@@ -165,14 +248,19 @@ class EndpointPool:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._rng = rng or random.Random()
-        self.endpoints = [
-            _Endpoint(
-                url=url,
-                client=AsyncInferenceClient(base_url=url, api_key=token or token_from_env(url), timeout=timeout),
-                json_mode=json_mode != "off",
+        self.endpoints = []
+        self._secrets: list[str] = []
+        for url in base_urls:
+            api_key = token or token_from_env(url)
+            parts = urlparse(url)
+            self._secrets += [api_key, parts.password or "", parts.username or ""]
+            self.endpoints.append(
+                _Endpoint(
+                    url=_public_url(url),
+                    client=AsyncInferenceClient(base_url=url, api_key=api_key, timeout=timeout),
+                    json_mode=json_mode != "off",
+                )
             )
-            for url in base_urls
-        ]
         self._next = 0
 
     @property
@@ -180,11 +268,20 @@ class EndpointPool:
         return self.model
 
     def _pick(self) -> _Endpoint:
-        # Fewest in flight; ties broken round-robin so idle endpoints all get work.
+        # Fewest in flight among the endpoints up; ties broken round-robin so idle endpoints all
+        # get work. A dead endpoint fails fast, so without the `down_until` check it would look
+        # idle and draw every request.
         n = len(self.endpoints)
         order = [self.endpoints[(self._next + i) % n] for i in range(n)]
         self._next = (self._next + 1) % n
-        return min(order, key=lambda e: e.in_flight)
+        now = time.monotonic()
+        up = [e for e in order if e.down_until <= now]
+        if not up:
+            return min(order, key=lambda e: e.down_until)
+        return min(up, key=lambda e: e.in_flight)
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
 
     def _delay(self, retry: int, retry_after: float | None) -> float:
         backoff = min(self.backoff_max, self.backoff_base * 2**retry) * self._rng.uniform(0.5, 1.0)
@@ -212,14 +309,19 @@ class EndpointPool:
                     "HF_HUB_OFFLINE=1; unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) for generation",
                 ) from None
             except InferenceTimeoutError as error:
-                reason, detail, retry_after = "timeout", str(error), None
+                if isinstance(error.__cause__, httpx2.ConnectTimeout):  # nobody there, not a hang
+                    reason, detail = "connection", f"ConnectTimeout: {endpoint.url} did not accept a connection"
+                else:
+                    reason, detail = "timeout", str(error)
+                retry_after = None
             except (httpx2.TransportError, ConnectionError) as error:
                 reason, detail, retry_after = "connection", f"{type(error).__name__}: {error}", None
             except json.JSONDecodeError as error:  # a 200 whose body is not JSON (e.g. a proxy page)
                 reason, detail, retry_after = "bad_response", f"{endpoint.url} sent a non-JSON body: {error}", None
             except HfHubHTTPError as error:
                 status = error.response.status_code if error.response is not None else 0
-                body = error.response.text[:300] if error.response is not None else ""
+                # Redact, then cut: a cut first could leave a token's head that no longer matches.
+                body = self._redact(error.response.text)[:300] if error.response is not None else ""
                 if status in (400, 422) and use_json and self.json_mode == "auto":
                     endpoint.json_mode = False  # this server does not do JSON mode: ask plainly
                     continue
@@ -227,13 +329,14 @@ class EndpointPool:
                     raise FatalLLMError(
                         f"http_{status}",
                         f"{endpoint.url} answered {status} ({body}); check the token "
-                        "(OPENAI_API_KEY / HF_TOKEN), --model and --base-url",
+                        "(OPENAI_API_KEY, or HF_TOKEN for Hugging Face hosts), --model and --base-url",
                     ) from None
                 if status not in RETRY_STATUS:
                     raise LLMError(f"http_{status}", body) from None
                 reason, detail = f"http_{status}", body
                 retry_after = retry_after_seconds(error.response.headers)
             else:
+                endpoint.failures, endpoint.down_until = 0, 0.0
                 choice = output.choices[0] if output.choices else None
                 text = choice.message.content if choice is not None and choice.message else None
                 if text is None:
@@ -247,7 +350,18 @@ class EndpointPool:
                 )
             finally:
                 endpoint.in_flight -= 1
+            detail = self._redact(detail)
+            if reason == "connection":  # avoid this endpoint (>= 1 s, growing) while another is up
+                endpoint.down_until = time.monotonic() + max(1.0, self._delay(endpoint.failures, None))
+                endpoint.failures += 1
             if retry >= self.max_retries:
+                if reason == "connection" or reason in {f"http_{s}" for s in UNAVAILABLE_STATUS}:
+                    raise EndpointsUnreachable(
+                        reason,
+                        f"no endpoint answered after {retry + 1} tries (last: {endpoint.url}, {detail}); "
+                        "the run stopped with this request pending: check the server(s), then rerun "
+                        "the same command to resume",
+                    )
                 raise LLMError(reason, f"gave up after {retry + 1} tries: {detail}")
             await asyncio.sleep(self._delay(retry, retry_after))
             retry += 1
