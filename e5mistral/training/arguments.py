@@ -1,0 +1,174 @@
+"""Configuration of a training run: what the E5 recipe adds to `TrainingArguments`, and the script's own.
+
+Every field carries its help text, so these dataclasses are both the command line of
+``scripts/train.py`` (through ``TrlParser``) and its documentation. YAML recipes under
+``configs/`` set the same names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+from trl import ModelConfig
+
+__all__ = ["LORA_TARGET_MODULES", "E5ModelConfig", "E5ScriptArguments", "E5TrainingArguments"]
+
+logger = logging.getLogger(__name__)
+
+LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class E5TrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the contrastive objective, batch construction and final export.
+
+    Example:
+        >>> args = E5TrainingArguments(output_dir="out", per_device_train_batch_size=64, mini_batch_size=8)
+        >>> args.temperature, args.gather_across_devices
+        (0.02, True)
+    """
+
+    temperature: float = field(
+        default=0.02,
+        metadata={"help": "InfoNCE temperature tau: logits are cosine similarity / tau. The recipe uses 0.02."},
+    )
+    query_max_length: int = field(
+        default=512,
+        metadata={"help": "Truncation length of queries in tokens (instruction and EOS included)."},
+    )
+    passage_max_length: int = field(
+        default=512,
+        metadata={"help": "Truncation length of documents (positives and hard negatives) in tokens, EOS included."},
+    )
+    num_negatives: int | None = field(
+        default=1,
+        metadata={
+            "help": "Hard negatives used per row (the first ones of `negatives`); the recipe uses 1. "
+            "None uses all of them, 0 none (in-batch negatives only)."
+        },
+    )
+    mini_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "GradCache: texts embedded per forward pass, so that `per_device_train_batch_size` rows "
+            "share one softmax at the memory cost of this many. Unset: off (one forward per side)."
+        },
+    )
+    gather_across_devices: bool = field(
+        default=True,
+        metadata={
+            "help": "With several processes, score each query against the documents of all processes "
+            "(gathered with gradients), as one big batch would."
+        },
+    )
+    no_duplicates_in_batch: bool = field(
+        default=False,
+        metadata={
+            "help": "Build batches in which no text (query, positive, negative) appears twice, across all "
+            "processes, so no row's positive is another row's negative."
+        },
+    )
+    same_task_batches: bool = field(
+        default=False,
+        metadata={"help": "Draw each (global) batch from rows of a single `task`, so in-batch negatives are hard."},
+    )
+    keep_adapter: bool = field(
+        default=False,
+        metadata={"help": "With LoRA, also keep the adapter alone in `<output_dir>/adapter` next to the merged model."},
+    )
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0; the recipe uses 0.02.")
+        for name in ("query_max_length", "passage_max_length"):
+            if getattr(self, name) < 2:
+                raise ValueError(
+                    f"{name}={getattr(self, name)} leaves no room for a token and EOS; use >= 2 (recipe: 512)."
+                )
+        if self.num_negatives is not None and self.num_negatives < 0:
+            raise ValueError(f"num_negatives={self.num_negatives} must be >= 0, or None for all hard negatives.")
+        if self.mini_batch_size is not None and self.mini_batch_size < 1:
+            raise ValueError(
+                f"mini_batch_size={self.mini_batch_size} must be >= 1; leave it unset to turn GradCache off."
+            )
+        super().__post_init__()
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.world_size == 1:
+            raise RuntimeError(
+                f"launched as {launched} processes (WORLD_SIZE={launched}) but each runs alone (world_size=1), so no "
+                "gradient is shared: on a machine without GPUs, launch with ACCELERATE_USE_CPU=1 "
+                "(`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 ...`, see configs/accelerate/ddp.yaml)."
+            )
+        if self.mini_batch_size is not None and self.mini_batch_size >= self.per_device_train_batch_size:
+            logger.warning(
+                f"mini_batch_size={self.mini_batch_size} >= per_device_train_batch_size="
+                f"{self.per_device_train_batch_size}: GradCache saves no memory here and only adds a second forward."
+            )
+        if self.gradient_accumulation_steps > 1:
+            logger.warning(
+                f"gradient_accumulation_steps={self.gradient_accumulation_steps} does not add in-batch negatives: "
+                "each micro-batch has its own softmax. For a large contrastive batch, raise "
+                "per_device_train_batch_size and set mini_batch_size (GradCache) instead."
+            )
+
+
+@dataclass
+class E5ModelConfig(ModelConfig):
+    """TRL's `ModelConfig` with the recipe's LoRA defaults: r 16, alpha 32, dropout 0.1, all linear projections."""
+
+    use_peft: bool = field(default=True, metadata={"help": "Train LoRA adapters (the recipe) instead of all weights."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (recipe: 0.1)."})
+    lora_target_modules: list[str] | None = field(
+        default_factory=lambda: list(LORA_TARGET_MODULES),
+        metadata={"help": "Modules that get LoRA adapters (recipe: q,k,v,o,gate,up,down projections)."},
+    )
+    lora_task_type: str = field(
+        default="FEATURE_EXTRACTION", metadata={"help": "peft task type; an embedding model extracts features."}
+    )
+    tiny_model: bool = field(
+        default=False,
+        metadata={
+            "help": "Train a tiny random model built in-process (e5mistral.testing) instead of "
+            "`model_name_or_path`: the CPU demo, no download."
+        },
+    )
+
+
+@dataclass
+class E5ScriptArguments:
+    """Where the training rows come from, and what the script prints at the end."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Training rows: a Hub dataset id, a local .json/.jsonl/.parquet file or a folder of them, "
+            "`sample` for the bundled synthetic sample, or a mixture `a=0.7,b=0.3` (comma-separated sources "
+            "with sampling ratios). Schema: query, positive, negatives (or negative), instruction, task, language."
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "Configuration name of a Hub dataset (e.g. a task kind: short_long)."}
+    )
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rows for evaluation (same forms as dataset_name). Unset: hold out `eval_split_size` of the "
+            "training rows."
+        },
+    )
+    eval_split_size: float = field(
+        default=0.0,
+        metadata={
+            "help": "Held-out share (< 1) or number of rows (>= 1) of the training rows used as the dev split "
+            "for retrieval metrics. 0: no evaluation unless eval_dataset_name is set."
+        },
+    )
+    max_train_rows: int | None = field(default=None, metadata={"help": "Keep at most this many training rows (debug)."})
+
+    def __post_init__(self):
+        if self.eval_split_size < 0:
+            raise ValueError(f"eval_split_size={self.eval_split_size} must be >= 0 (a share < 1 or a row count).")

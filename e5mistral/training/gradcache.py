@@ -1,0 +1,183 @@
+"""GradCache: a contrastive loss over a big batch at the memory cost of a small one.
+
+Gradient accumulation does not add negatives: each micro-batch only sees its own documents.
+GradCache (Gao et al., 2021, https://arxiv.org/abs/2101.06983) keeps the whole batch in one
+softmax and bounds memory by the mini-batch size, in three steps:
+
+    (1) embed every mini-batch without a graph, saving the RNG state before each forward;
+    (2) compute the loss on all the (detached) embeddings and back-propagate it to them only:
+        their gradients are the cache (a few KB per text, not the activations);
+    (3) when the Trainer calls ``loss.backward()``, a hook re-embeds each mini-batch with a graph,
+        replaying its saved RNG state so dropout (LoRA's included) draws the same masks, and
+        back-propagates ``<embedding, cached gradient>`` into the weights.
+
+The result is the gradient of the full-batch loss (tested against it to 1e-5). Step (2) runs
+inside the forward, so a cross-device gather in the loss (collective in both directions) happens
+on every rank at the same time; step (3) only touches local parameters, synchronising DDP once,
+after the last mini-batch. The temperature lives in ``loss_fn`` and is therefore respected.
+The cache reaches the backward hook through ``functools.partial``, never through ``self``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import get_device_states, set_device_states
+
+__all__ = ["RandContext", "grad_cache", "split_features"]
+
+Features = dict[str, Tensor]  # e.g. {"input_ids": (B, T), "attention_mask": (B, T)}
+EmbedFn = Callable[[nn.Module, Features], Tensor]  # (model, features) -> (B, H)
+
+
+class RandContext:
+    """Snapshot the CPU and accelerator RNG now; restore it inside ``with`` (outer RNG untouched).
+
+    Example:
+        >>> state = RandContext()
+        >>> a = torch.rand(2)
+        >>> with state:
+        ...     b = torch.rand(2)
+        >>> bool(torch.equal(a, b))
+        True
+    """
+
+    def __init__(self, *tensors: Tensor) -> None:
+        self.cpu_state = torch.get_rng_state()
+        self.devices, self.device_states = get_device_states(*tensors)
+
+    def __enter__(self) -> None:
+        self._fork = torch.random.fork_rng(devices=self.devices, enabled=True)
+        self._fork.__enter__()
+        torch.set_rng_state(self.cpu_state)
+        set_device_states(self.devices, self.device_states)
+
+    def __exit__(self, *exc) -> None:
+        self._fork.__exit__(*exc)
+        self._fork = None
+
+
+def split_features(features: Features, mini_batch_size: int) -> list[Features]:
+    """Slice a padded batch into mini-batches along dim 0, dropping trailing all-padding columns.
+
+    Only trailing columns are dropped (right padding): leading pads would change positions.
+
+    Example:
+        >>> f = {"input_ids": torch.tensor([[5, 6, 0], [7, 0, 0], [8, 9, 4]]),
+        ...      "attention_mask": torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 1]])}
+        >>> [tuple(c["input_ids"].shape) for c in split_features(f, 2)]
+        [(2, 2), (1, 3)]
+    """
+    if mini_batch_size < 1:
+        raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}.")
+    batch_size = features["input_ids"].shape[0]
+    chunks = []
+    for begin in range(0, batch_size, mini_batch_size):
+        chunk = {key: value[begin : begin + mini_batch_size] for key, value in features.items()}  # (b, T)
+        mask = chunk.get("attention_mask")
+        if mask is not None:
+            used = mask.any(dim=0).nonzero()
+            width = int(used.max()) + 1 if used.numel() else mask.shape[1]
+            chunk = {key: value[:, :width] if value.dim() >= 2 else value for key, value in chunk.items()}
+        chunks.append(chunk)
+    return chunks
+
+
+def grad_cache(
+    model: nn.Module,
+    embed: EmbedFn,
+    inputs: Sequence[Features],
+    loss_fn: Callable[..., tuple[Tensor, Tensor]],
+    mini_batch_size: int,
+) -> tuple[Tensor, Tensor]:
+    """The loss of ``loss_fn(*embeddings)`` over whole batches, embedded ``mini_batch_size`` at a time.
+
+    Args:
+        model: the (possibly DDP-wrapped) model ``embed`` runs.
+        embed: ``embed(model, features) -> (b, H)`` embeddings of a mini-batch.
+        inputs: one padded batch per side, e.g. ``[queries, documents]``.
+        loss_fn: ``loss_fn(*embeddings) -> (loss, metric)`` on the full ``(B_i, H)`` embeddings.
+        mini_batch_size: texts per forward pass; bounds activation memory.
+
+    Returns:
+        ``(loss, metric)``: ``loss`` is a detached scalar leaf that requires grad; calling
+        ``loss.backward()`` (as the Trainer does) runs step (3) and fills the weights' gradients,
+        scaled by the incoming gradient (gradient accumulation, loss scaling). Under ``no_grad``
+        (evaluation) this is just the loss, with no hook.
+
+    Example:
+        >>> model = nn.Linear(4, 3)
+        >>> embed = lambda m, f: m(f["input_ids"].float())
+        >>> q, d = {"input_ids": torch.randn(6, 4)}, {"input_ids": torch.randn(6, 4)}
+        >>> from e5mistral.training.loss import info_nce
+        >>> loss, acc = grad_cache(model, embed, [q, d], info_nce, mini_batch_size=2)
+        >>> loss.backward()   # model.weight.grad now equals the full-batch gradient
+    """
+    chunked = [split_features(features, mini_batch_size) for features in inputs]
+    grad_enabled = torch.is_grad_enabled()
+
+    # Step (1): embed every mini-batch without a graph, saving the RNG state before each forward.
+    reps, random_states = [], []
+    for chunks in chunked:
+        side_reps, side_states = [], []
+        for chunk in chunks:
+            side_states.append(RandContext(*chunk.values()) if grad_enabled else None)
+            with torch.no_grad():
+                side_reps.append(embed(model, chunk))  # (b, H)
+        reps.append(torch.cat(side_reps).detach().requires_grad_(grad_enabled))  # (B_i, H)
+        random_states.append(side_states)
+
+    if not grad_enabled:
+        return loss_fn(*reps)
+
+    # Step (2): the loss on all embeddings, back-propagated to the embeddings only: the cache.
+    with torch.enable_grad():
+        loss, metric = loss_fn(*reps)
+        loss.backward()
+    cache = [rep.grad.split([chunk["input_ids"].shape[0] for chunk in chunks]) for rep, chunks in zip(reps, chunked)]
+
+    # Step (3): hand the cache to a hook that re-embeds with a graph when the Trainer back-propagates.
+    loss = loss.detach().requires_grad_()
+    loss.register_hook(
+        partial(
+            _replay_with_cached_gradients,
+            model=model,
+            embed=embed,
+            chunked=chunked,
+            cache=cache,
+            random_states=random_states,
+        )
+    )
+    return loss, metric
+
+
+def _replay_with_cached_gradients(
+    grad_output: Tensor,
+    *,
+    model: nn.Module,
+    embed: EmbedFn,
+    chunked: list[list[Features]],
+    cache: list[tuple[Tensor, ...]],
+    random_states: list[list[RandContext]],
+) -> None:
+    """Step (3): re-embed each mini-batch under its saved RNG state; back-propagate its cached gradient.
+
+    ``grad_output`` is what the outer backward hands the loss (1 / accumulation steps, the loss
+    scale), so every mini-batch is scaled like a plain loss would be. DDP synchronises once, after
+    the last mini-batch (an outer ``no_sync`` from gradient accumulation still holds).
+    """
+    jobs = [job for side in zip(chunked, cache, random_states) for job in zip(*side)]
+    with torch.enable_grad():
+        for index, (chunk, cached_grad, random_state) in enumerate(jobs):
+            is_last = index == len(jobs) - 1
+            sync = nullcontext() if is_last or not isinstance(model, DistributedDataParallel) else model.no_sync()
+            with sync, random_state:
+                reps = embed(model, chunk)  # (b, H)
+                dtype = torch.promote_types(torch.promote_types(reps.dtype, cached_grad.dtype), torch.float32)
+                surrogate = (reps.to(dtype) * cached_grad.to(dtype)).sum() * grad_output.to(dtype)
+                surrogate.backward()

@@ -1,0 +1,249 @@
+"""E5Trainer: the Trainer with the E5 contrastive loss, retrieval evaluation and a merged final save.
+
+What it changes in `transformers.Trainer`, and nothing else:
+
+- ``compute_loss``: InfoNCE of the queries against all documents of the batch (and, with several
+  processes, of all processes), through GradCache when ``mini_batch_size`` is set; in-batch
+  accuracy is logged next to the loss.
+- the column signature: the rows' text columns reach the collator (the model takes token ids).
+- ``get_train_dataloader``: the duplicate-free / same-task batch sampler when asked for.
+- ``evaluate``: retrieval metrics (nDCG@10, MRR@10, Recall@k...) on a dev split: each dev row's
+  query must find its positive among all dev documents. They are logged as ``eval_ndcg@10``..., so
+  ``metric_for_best_model: ndcg@10``, ``load_best_model_at_end`` and early stopping work.
+- ``save_merged_model``: the final folder, LoRA merged, loadable by ``AutoModel.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from peft import PeftModel, get_peft_model
+from torch import nn
+from torch.utils.data import DataLoader
+from transformers import Trainer
+from transformers.trainer_utils import speed_metrics
+
+from e5mistral.encoding import E5Embedder
+from e5mistral.evaluation.metrics import retrieval_metrics
+from e5mistral.instructions import format_query
+from e5mistral.training.arguments import E5TrainingArguments
+from e5mistral.training.collator import E5Collator
+from e5mistral.training.data import SCHEMA_COLUMNS
+from e5mistral.training.gradcache import grad_cache
+from e5mistral.training.loss import gather_documents, info_nce
+from e5mistral.training.sampler import E5BatchSampler
+
+__all__ = ["E5Trainer"]
+
+
+def _embed(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(input_ids=features["input_ids"], attention_mask=features["attention_mask"]).pooler_output  # (B, H)
+
+
+class E5Trainer(Trainer):
+    """Train an :class:`~e5mistral.E5MistralModel` with the E5-mistral recipe.
+
+    Args:
+        model: the embedding model (an ``E5MistralModel``).
+        args: :class:`E5TrainingArguments`.
+        train_dataset / eval_dataset: rows in the training schema (see ``e5mistral.training.data``).
+        processing_class: the tokenizer (EOS contract).
+        peft_config: a peft ``LoraConfig``; the model is wrapped with it (the recipe trains LoRA).
+        data_collator: defaults to :class:`E5Collator` built from ``args``.
+
+    Example:
+        >>> from e5mistral.testing import make_tiny_model, make_tiny_tokenizer
+        >>> tok = make_tiny_tokenizer()
+        >>> rows = Dataset.from_list([{"query": f"q{i}", "positive": f"p{i}", "negatives": [f"n{i}"],
+        ...                            "instruction": "Find it", "task": "t", "language": "en"} for i in range(8)])
+        >>> args = E5TrainingArguments("out", per_device_train_batch_size=4, max_steps=1, report_to="none")
+        >>> trainer = E5Trainer(make_tiny_model(tok).train(), args, train_dataset=rows, processing_class=tok)
+        >>> trainer.train()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model,
+        args: E5TrainingArguments,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        peft_config=None,
+        data_collator=None,
+        **kwargs,
+    ):
+        if not isinstance(args, E5TrainingArguments):
+            raise TypeError(
+                f"E5Trainer needs E5TrainingArguments, got {type(args).__name__}; build the arguments with it."
+            )
+        if processing_class is None:
+            raise ValueError("E5Trainer needs the tokenizer: pass processing_class=tokenizer.")
+        if peft_config is not None:
+            model = get_peft_model(model, peft_config)
+        if data_collator is None:
+            data_collator = E5Collator(
+                processing_class, args.query_max_length, args.passage_max_length, args.num_negatives
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self._train_accuracy: list[torch.Tensor] = []
+
+    # ---- data ----
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # The collator reads the text columns; the model's forward takes token ids only.
+        self._signature_columns = list(SCHEMA_COLUMNS)
+
+    def get_train_dataloader(self) -> DataLoader:
+        if not (self.args.no_duplicates_in_batch or self.args.same_task_batches):
+            return super().get_train_dataloader()
+        dataset = self._remove_unused_columns(self.train_dataset, description="training")
+        texts = None
+        if self.args.no_duplicates_in_batch:
+            texts = [[q, p, *n] for q, p, n in zip(dataset["query"], dataset["positive"], dataset["negatives"])]
+        sampler = E5BatchSampler(
+            texts=texts,
+            tasks=list(dataset["task"]) if self.args.same_task_batches else None,
+            batch_size=self._train_batch_size,
+            num_processes=self.args.world_size,
+            no_duplicates=self.args.no_duplicates_in_batch,
+            same_task=self.args.same_task_batches,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    # ---- loss ----
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """InfoNCE over the batch (see ``e5mistral.training.loss``); GradCache when ``mini_batch_size`` is set."""
+        document_ids = inputs["document_ids"]  # (D,)
+        gather = self.args.gather_across_devices and self.args.world_size > 1
+
+        def loss_from_embeddings(queries: torch.Tensor, documents: torch.Tensor):  # (B, H), (D, H)
+            ids, offset = document_ids, 0
+            if gather:
+                documents, ids, offset = gather_documents(documents, ids)  # (sum D_r, H), (sum D_r,)
+            labels = offset + torch.arange(queries.shape[0], device=queries.device)  # (B,)
+            return info_nce(queries, documents, labels, self.args.temperature, ids)
+
+        if self.args.mini_batch_size is not None:
+            loss, accuracy = grad_cache(
+                model, _embed, [inputs["query"], inputs["document"]], loss_from_embeddings, self.args.mini_batch_size
+            )
+        else:
+            loss, accuracy = loss_from_embeddings(_embed(model, inputs["query"]), _embed(model, inputs["document"]))
+        if model.training:
+            self._train_accuracy.append(accuracy)
+        return (loss, {"accuracy": accuracy}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._train_accuracy:
+            accuracy = torch.stack(self._train_accuracy).mean().to(self.args.device)
+            logs["accuracy"] = round(self.accelerator.gather(accuracy.reshape(1)).mean().item(), 4)
+            self._train_accuracy.clear()
+        super().log(logs, start_time)
+
+    # ---- evaluation ----
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Retrieval metrics on dev rows: each query ranks all distinct dev documents (positives and negatives).
+
+        Every process computes the same metrics on the whole dev split (under ZeRO-3 and FSDP all
+        processes must take part in each forward anyway); keep the dev split small (hundreds to a
+        few thousand rows).
+        """
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, str):
+            dataset = self.eval_dataset[dataset]
+        if dataset is None:
+            raise ValueError("E5Trainer.evaluate needs dev rows: pass eval_dataset (script: eval_split_size > 0).")
+        if isinstance(dataset, dict):
+            metrics = {}
+            for name, split in dataset.items():
+                metrics.update(self.evaluate(split, ignore_keys, f"{metric_key_prefix}_{name}"))
+            return metrics
+        start = time.time()
+        metrics = {f"{metric_key_prefix}_{k}": round(v, 6) for k, v in self.retrieval_scores(dataset).items()}
+        metrics.update(speed_metrics(metric_key_prefix, start, num_samples=len(dataset)))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def retrieval_scores(self, dataset: Dataset, k_values=(1, 10, 100)) -> dict[str, float]:
+        """nDCG / MRR / Recall / MAP / Precision at ``k_values`` of the dev rows' queries over their documents."""
+        corpus: dict[str, str] = {}  # text -> doc id
+        for text in [*dataset["positive"], *(n for negs in dataset["negatives"] for n in negs)]:
+            corpus.setdefault(text, f"d{len(corpus)}")
+        queries = [format_query(i, q) for i, q in zip(dataset["instruction"], dataset["query"])]
+        qrels = {f"q{i}": {corpus[positive]: 1} for i, positive in enumerate(dataset["positive"])}
+
+        model = self.model_wrapped if self.is_fsdp_enabled else self.accelerator.unwrap_model(self.model)
+        embedder = E5Embedder(model, self.processing_class, batch_size=self.args.per_device_eval_batch_size)
+        with self.compute_loss_context_manager():
+            query_embeddings = embedder.encode(queries, max_length=self.args.query_max_length)  # (Q, H)
+            document_embeddings = embedder.encode(list(corpus), max_length=self.args.passage_max_length)  # (D, H)
+        scores = query_embeddings @ document_embeddings.T  # (Q, D)
+        top_scores, top_docs = scores.topk(min(max(k_values), scores.shape[1]), dim=1)  # (Q, k)
+        doc_ids = list(corpus.values())
+        run = {
+            f"q{i}": {doc_ids[d]: s for d, s in zip(docs.tolist(), vals.tolist())}
+            for i, (docs, vals) in enumerate(zip(top_docs, top_scores))
+        }
+        return retrieval_metrics(run, qrels, k_values)
+
+    # ---- final save ----
+
+    def save_merged_model(self, output_dir: str | None = None) -> Path:
+        """Write the final embedding-model folder (weights, code, tokenizer, Sentence-Transformers files).
+
+        The trained weights are first saved by ``Trainer.save_model`` (which gathers them under
+        ZeRO-3 and FSDP); then the main process reloads the base model, merges the LoRA adapter
+        into it and writes the folder with :func:`e5mistral.save_model_folder`. The adapter alone
+        stays in ``<output_dir>/adapter`` when ``keep_adapter`` is set. Call it on every process.
+        """
+        from e5mistral.export import save_model_folder
+        from e5mistral.modeling_e5mistral import E5MistralModel
+
+        output_dir = Path(output_dir or self.args.output_dir)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        is_peft = isinstance(unwrapped, PeftModel)
+        staging = output_dir / ("adapter" if is_peft else "_trained_weights")
+        self.save_model(str(staging))
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            dtype = next(unwrapped.parameters()).dtype
+            if is_peft:
+                base_path = unwrapped.peft_config["default"].base_model_name_or_path
+                if not base_path:
+                    raise ValueError(
+                        "cannot merge the adapter: the base model has no name_or_path to reload it from; load it with "
+                        "E5MistralModel.from_pretrained(<folder or Hub id>) before training (a model built in memory "
+                        "can be written with save_model_folder first)."
+                    )
+                base = E5MistralModel.from_pretrained(base_path, dtype=dtype)
+                merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
+            else:
+                merged = E5MistralModel.from_pretrained(str(staging), dtype=dtype)
+            save_model_folder(merged, self.processing_class, output_dir, max_seq_length=self.args.passage_max_length)
+            if not (is_peft and self.args.keep_adapter):
+                shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        return output_dir

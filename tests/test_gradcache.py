@@ -1,0 +1,135 @@
+"""GradCache gives the full-batch loss and gradients, replays dropout, and respects scaling."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from e5mistral.training.gradcache import RandContext, grad_cache, split_features
+from e5mistral.training.loss import info_nce
+
+
+class DropoutEncoder(nn.Module):
+    """Embeddings -> dropout -> masked mean -> linear: (B, T) ids -> (B, H)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.embed = nn.Embedding(40, 8)
+        self.dropout = nn.Dropout(p)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, input_ids, attention_mask):
+        x = self.dropout(self.embed(input_ids)) * attention_mask.unsqueeze(-1)  # (B, T, H)
+        return self.proj(x.sum(1) / attention_mask.sum(1, keepdim=True))  # (B, H)
+
+
+def embed(model, features):
+    return model(features["input_ids"], features["attention_mask"])
+
+
+def make_batch(n: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 7, (n,), generator=g)
+    mask = (torch.arange(7).unsqueeze(0) < lengths.unsqueeze(1)).long()  # right padding
+    return {"input_ids": torch.randint(1, 40, (n, 7), generator=g) * mask, "attention_mask": mask}
+
+
+QUERIES, DOCUMENTS = make_batch(5, 0), make_batch(10, 1)  # 5 positives + 5 hard negatives
+
+
+def grads_of(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("temperature", [0.02, 0.5])
+def test_cached_loss_and_gradients_equal_the_full_batch(temperature):
+    loss_fn = partial(info_nce, temperature=temperature)
+    torch.manual_seed(0)
+    model = DropoutEncoder(p=0.0)
+    plain_loss, plain_acc = loss_fn(embed(model, QUERIES), embed(model, DOCUMENTS))
+    plain_loss.backward()
+    plain = grads_of(model)
+    model.zero_grad()
+
+    cached_loss, cached_acc = grad_cache(model, embed, [QUERIES, DOCUMENTS], loss_fn, mini_batch_size=2)
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # nothing before backward
+    cached_loss.backward()
+    torch.testing.assert_close(cached_loss, plain_loss.detach(), atol=1e-6, rtol=0)
+    assert cached_acc == plain_acc
+    for name, grad in grads_of(model).items():
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(grad, plain[name], atol=1e-5, rtol=0)
+
+
+def test_dropout_is_replayed_in_the_second_forward():
+    torch.manual_seed(0)
+    model = DropoutEncoder(p=0.5)
+    chunks = [split_features(QUERIES, 2), split_features(DOCUMENTS, 2)]
+    # reference: the same mini-batches embedded once, with a graph, in the same RNG order
+    torch.manual_seed(123)
+    reps = [torch.cat([embed(model, c) for c in side]) for side in chunks]
+    reference_loss, _ = info_nce(*reps, temperature=0.05)
+    reference_loss.backward()
+    reference = grads_of(model)
+    model.zero_grad()
+
+    torch.manual_seed(123)
+    loss, _ = grad_cache(model, embed, [QUERIES, DOCUMENTS], partial(info_nce, temperature=0.05), mini_batch_size=2)
+    loss.backward()
+    torch.testing.assert_close(loss, reference_loss.detach(), atol=1e-6, rtol=0)
+    for name, grad in grads_of(model).items():
+        torch.testing.assert_close(grad, reference[name], atol=1e-5, rtol=0)
+
+    # the check has teeth: dropout does draw different masks on a second forward
+    assert not torch.allclose(embed(model, QUERIES), embed(model, QUERIES))
+
+
+def test_backward_scale_reaches_every_mini_batch():
+    torch.manual_seed(0)
+    model = DropoutEncoder(p=0.0)
+    loss, _ = grad_cache(model, embed, [QUERIES, DOCUMENTS], partial(info_nce, temperature=0.05), 2)
+    loss.backward()
+    full = grads_of(model)
+    model.zero_grad()
+    loss, _ = grad_cache(model, embed, [QUERIES, DOCUMENTS], partial(info_nce, temperature=0.05), 2)
+    (loss / 4).backward()  # what the Trainer does with gradient_accumulation_steps=4
+    for name, grad in grads_of(model).items():
+        torch.testing.assert_close(grad, full[name] / 4, atol=1e-7, rtol=1e-5)
+
+
+def test_under_no_grad_it_is_the_plain_loss():
+    torch.manual_seed(0)
+    model = DropoutEncoder(p=0.0)
+    with torch.no_grad():
+        plain, _ = info_nce(embed(model, QUERIES), embed(model, DOCUMENTS), temperature=0.05)
+        cached, _ = grad_cache(model, embed, [QUERIES, DOCUMENTS], partial(info_nce, temperature=0.05), 3)
+    assert not cached.requires_grad
+    torch.testing.assert_close(cached, plain, atol=1e-6, rtol=0)
+
+
+def test_split_features_trims_only_trailing_padding():
+    features = {
+        "input_ids": torch.tensor([[0, 5, 6, 0], [0, 0, 7, 0], [1, 2, 3, 4]]),
+        "attention_mask": torch.tensor([[0, 1, 1, 0], [0, 0, 1, 0], [1, 1, 1, 1]]),
+    }
+    first, second = split_features(features, 2)
+    assert first["input_ids"].tolist() == [[0, 5, 6], [0, 0, 7]]  # leading pads kept, trailing column dropped
+    assert second["attention_mask"].tolist() == [[1, 1, 1, 1]]
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        split_features(features, 0)
+
+
+def test_rand_context_restores_state_and_leaves_outer_rng_alone():
+    torch.manual_seed(5)
+    state = RandContext()
+    first = torch.rand(3)
+    after = torch.rand(3)
+    torch.manual_seed(5)
+    torch.rand(3)
+    with state:
+        replay = torch.rand(3)
+    assert torch.equal(replay, first)
+    assert torch.equal(torch.rand(3), after)  # the replay did not advance the outer generator
