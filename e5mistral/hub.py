@@ -14,7 +14,8 @@ source (in the model folder)     what the card gets
 ``adapter/adapter_config.json``  LoRA r / alpha / dropout / target modules, base model
 ``training_args.json``           hyper-parameters (``TrainingArguments.to_json_string()``)
 ``trainer_state.json``           optimizer steps, epochs, final training loss
-``training_info.json``           optional: ``base_model``, ``dataset``, ``num_train_rows``, ...
+``training_info.json``           optional: ``base_model``, ``dataset``, ``num_train_rows``,
+                                 ``held_out_evaluation`` (the run's dev retrieval, before/after)
 results JSON                     evaluation (``scripts/evaluate.py --output``), also as ``model-index``
 ===============================  ===================================================================
 
@@ -214,6 +215,7 @@ def collect_model_info(
         "lora": lora,
         "hyperparameters": hyperparameters,
         "training_data": training_data,
+        "held_out": info.get("held_out_evaluation") or {},
         "dataset_ids": [info["dataset"]]
         if isinstance(info.get("dataset"), str)
         and _HUB_ID.match(info["dataset"])
@@ -327,6 +329,7 @@ def render_model_card(
         lora=info["lora"],
         hyperparameters=info["hyperparameters"],
         training_data=info["training_data"],
+        held_out=info["held_out"],
         beir_results=beir,
         beir_metrics=beir_metrics,
         mteb_results=results.get("mteb") or {},

@@ -24,6 +24,7 @@ Resume a killed run: ``--resume_from_checkpoint outputs/e5-demo/checkpoint-40`` 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -137,6 +138,7 @@ def main(script_args: E5ScriptArguments, training_args: E5TrainingArguments, mod
     folder = trainer.save_merged_model(training_args.output_dir)
 
     if is_main:
+        write_run_record(folder, trainer, script_args, model_args, train, dev, before, after)
         if before is not None:
             print(
                 f"\nRetrieval on {len(dev)} held-out rows (each query against all {_num_docs(dev)} held-out documents):"
@@ -148,6 +150,40 @@ def main(script_args: E5ScriptArguments, training_args: E5TrainingArguments, mod
         print(f"\nSaved the model{merged} to {folder}: weights, code, tokenizer, Sentence-Transformers files.")
         if dev is not None:
             show_similarities(folder, dev)
+
+
+def write_run_record(folder: Path, trainer, script_args, model_args, train, dev, before, after) -> None:
+    """Leave the run's facts next to the weights, then render the model card from them.
+
+    ``training_args.json``, ``trainer_state.json`` and ``training_info.json`` are what
+    ``e5mistral.hub`` reads; ``README.md`` is ``model_card.md`` rendered from them (nothing typed in).
+    """
+    from e5mistral.hub import render_model_card
+
+    args = trainer.args
+    (folder / "training_args.json").write_text(args.to_json_string(), encoding="utf-8")
+    trainer.state.save_to_json(str(folder / "trainer_state.json"))
+    info = {
+        "base_model": "random tiny E5MistralModel (e5mistral.testing)" if model_args.tiny_model else model_args.model_name_or_path,
+        "dataset": "e5mistral/data/sample_generations.jsonl (bundled sample)"
+        if script_args.dataset_name == "sample"
+        else script_args.dataset_name,
+        "dataset_config": script_args.dataset_config,
+        "num_train_rows": len(train),
+        "hyperparameters": {
+            "processes": args.world_size,
+            "global batch (rows)": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
+        },
+    }
+    if before is not None:
+        info["held_out_evaluation"] = {
+            "rows": len(dev),
+            "before": {name: before["eval_" + name] for name in SHOWN_METRICS},
+            "after": {name: after["eval_" + name] for name in SHOWN_METRICS},
+        }
+    (folder / "training_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    repo_id = args.hub_model_id or f"your-name/{folder.name}"
+    render_model_card(folder, repo_id).save(folder / "README.md")
 
 
 def _num_docs(dev) -> int:
