@@ -85,7 +85,16 @@ def test_demo_config_runs_on_two_cpu_processes_with_accelerate_launch(tmp_path):
     )
     assert "processes: 2" in output
     assert "before    after" in output and "Reloaded" in output
-    assert (tmp_path / "demo" / "model.safetensors").exists() and (tmp_path / "demo" / "modules.json").exists()
+    folder = tmp_path / "demo"
+    assert (folder / "model.safetensors").exists() and (folder / "modules.json").exists()
+    # the run's record and the card rendered from it
+    info = json.loads((folder / "training_info.json").read_text())
+    assert info["num_train_rows"] == 240 and info["hyperparameters"]["processes"] == 2
+    after = info["held_out_evaluation"]["after"]["ndcg@10"]
+    assert "ndcg@10 " in output and f"{after:8.4f}" in output  # the card's number is the printed one
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\n") and "Held-out retrieval during training" in card and f"{after:.4f}" in card
+    assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == 2
 
 
 def test_two_processes_with_gathering_and_gradcache_equal_one_process_with_the_double_batch(tmp_path):
