@@ -1,4 +1,4 @@
-"""Evaluate an embedding model on BEIR-format folders and/or MTEB tasks; write JSON, print a table.
+r"""Evaluate an embedding model on BEIR-format folders and/or MTEB tasks; write JSON, print a table.
 
     python scripts/evaluate.py --model out/my-e5 --beir data/scifact --beir data/nfcorpus \
         --mteb STS12 --output results.json

@@ -1,4 +1,4 @@
-"""Generate E5-mistral synthetic training data with an LLM and export it as a Hub-ready folder.
+r"""Generate E5-mistral synthetic training data with an LLM and export it as a Hub-ready folder.
 
 Against one or more OpenAI-compatible servers (vLLM, TGI, llama.cpp, hosted APIs); the token is
 read from OPENAI_API_KEY (HF_TOKEN or `hf auth login` for Hugging Face hosts only), sent only in

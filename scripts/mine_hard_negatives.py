@@ -1,4 +1,4 @@
-"""Mine hard negatives for (query, positive) pairs and write training rows (JSON lines).
+r"""Mine hard negatives for (query, positive) pairs and write training rows (JSON lines).
 
 From a file of pairs (the corpus defaults to the pairs' own positives):
 
