@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from e5mistral.training.gradcache import RandContext, grad_cache, split_features
+from e5mistral.training.gradcache import RandContext, grad_cache, sort_by_length, split_features
 from e5mistral.training.loss import info_nce
 
 
@@ -67,10 +67,12 @@ def test_cached_loss_and_gradients_equal_the_full_batch(temperature):
 def test_dropout_is_replayed_in_the_second_forward():
     torch.manual_seed(0)
     model = DropoutEncoder(p=0.5)
-    chunks = [split_features(QUERIES, 2), split_features(DOCUMENTS, 2)]
-    # reference: the same mini-batches embedded once, with a graph, in the same RNG order
+    # grad_cache embeds length-sorted mini-batches; the reference embeds the same ones once, with a
+    # graph, in the same RNG order, and puts the rows back in their original order
+    sorted_sides = [sort_by_length(QUERIES), sort_by_length(DOCUMENTS)]
+    chunks = [split_features(features, 2) for features, _ in sorted_sides]
     torch.manual_seed(123)
-    reps = [torch.cat([embed(model, c) for c in side]) for side in chunks]
+    reps = [torch.cat([embed(model, c) for c in side])[inverse] for side, (_, inverse) in zip(chunks, sorted_sides)]
     reference_loss, _ = info_nce(*reps, temperature=0.05)
     reference_loss.backward()
     reference = grads_of(model)
@@ -133,3 +135,15 @@ def test_rand_context_restores_state_and_leaves_outer_rng_alone():
         replay = torch.rand(3)
     assert torch.equal(replay, first)
     assert torch.equal(torch.rand(3), after)  # the replay did not advance the outer generator
+
+
+def test_length_sorted_mini_batches_compute_fewer_padding_positions():
+    features = make_batch(64, 7)
+    positions = lambda chunks: sum(c["input_ids"].numel() for c in chunks)
+    real = int(features["attention_mask"].sum())
+    unsorted = positions(split_features(features, 4))
+    sorted_ = positions(split_features(sort_by_length(features)[0], 4))
+    assert real <= sorted_ < unsorted
+    # and the rows come back: sorted rows indexed by the inverse are the original rows
+    sorted_features, inverse = sort_by_length(features)
+    assert torch.equal(sorted_features["input_ids"][inverse], features["input_ids"])

@@ -4,7 +4,8 @@ Gradient accumulation does not add negatives: each micro-batch only sees its own
 GradCache (Gao et al., 2021, https://arxiv.org/abs/2101.06983) keeps the whole batch in one
 softmax and bounds memory by the mini-batch size, in three steps:
 
-    (1) embed every mini-batch without a graph, saving the RNG state before each forward;
+    (1) embed every mini-batch without a graph, saving the RNG state before each forward (the
+        batch is sorted by length first, so each mini-batch pads only to its own longest text);
     (2) compute the loss on all the (detached) embeddings and back-propagate it to them only:
         their gradients are the cache (a few KB per text, not the activations);
     (3) when the Trainer calls ``loss.backward()``, a hook re-embeds each mini-batch with a graph,
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import get_device_states, set_device_states
 
-__all__ = ["RandContext", "grad_cache", "split_features"]
+__all__ = ["RandContext", "grad_cache", "sort_by_length", "split_features"]
 
 Features = dict[str, Tensor]  # e.g. {"input_ids": (B, T), "attention_mask": (B, T)}
 EmbedFn = Callable[[nn.Module, Features], Tensor]  # (model, features) -> (B, H)
@@ -88,6 +89,31 @@ def split_features(features: Features, mini_batch_size: int) -> list[Features]:
     return chunks
 
 
+def sort_by_length(features: Features) -> tuple[Features, Tensor]:
+    """Reorder a padded batch longest first; return it with the permutation that undoes it.
+
+    Mini-batches cut from a length-sorted batch hold texts of similar length, so
+    :func:`split_features` trims most of their padding: compute goes to real tokens.
+
+    Returns:
+        ``(sorted_features, inverse)`` with ``embeddings_sorted[inverse]`` in the original order.
+
+    Example:
+        >>> f = {"input_ids": torch.tensor([[5, 0], [7, 8]]), "attention_mask": torch.tensor([[1, 0], [1, 1]])}
+        >>> sorted_f, inverse = sort_by_length(f)
+        >>> sorted_f["input_ids"].tolist(), inverse.tolist()
+        ([[7, 8], [5, 0]], [1, 0])
+    """
+    mask = features.get("attention_mask")
+    if mask is None:
+        identity = torch.arange(features["input_ids"].shape[0], device=features["input_ids"].device)
+        return features, identity
+    order = torch.sort(mask.sum(dim=1), descending=True, stable=True).indices  # (B,)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)  # (B,)
+    return {key: value[order] for key, value in features.items()}, inverse
+
+
 def grad_cache(
     model: nn.Module,
     embed: EmbedFn,
@@ -118,7 +144,9 @@ def grad_cache(
         >>> loss, acc = grad_cache(model, embed, [q, d], info_nce, mini_batch_size=2)
         >>> loss.backward()   # model.weight.grad now equals the full-batch gradient
     """
-    chunked = [split_features(features, mini_batch_size) for features in inputs]
+    # Length-sorted mini-batches pad little; `inverses` restore the original row order for the loss.
+    sorted_inputs, inverses = zip(*(sort_by_length(features) for features in inputs))
+    chunked = [split_features(features, mini_batch_size) for features in sorted_inputs]
     grad_enabled = torch.is_grad_enabled()
 
     # Step (1): embed every mini-batch without a graph, saving the RNG state before each forward.
@@ -133,11 +161,12 @@ def grad_cache(
         random_states.append(side_states)
 
     if not grad_enabled:
-        return loss_fn(*reps)
+        return loss_fn(*(rep[inverse] for rep, inverse in zip(reps, inverses)))
 
     # Step (2): the loss on all embeddings, back-propagated to the embeddings only: the cache.
+    # (`rep` stays in sorted order, so its gradient splits along the mini-batches.)
     with torch.enable_grad():
-        loss, metric = loss_fn(*reps)
+        loss, metric = loss_fn(*(rep[inverse] for rep, inverse in zip(reps, inverses)))
         loss.backward()
     cache = [rep.grad.split([chunk["input_ids"].shape[0] for chunk in chunks]) for rep, chunks in zip(reps, chunked)]
 
