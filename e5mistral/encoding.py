@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .instructions import format_query
-from .tokenization import check_eos
+from .tokenization import check_eos, check_pad_token
 
 __all__ = ["E5Embedder"]
 
@@ -48,6 +48,7 @@ class E5Embedder:
 
     def __init__(self, model, tokenizer, max_length: int = 512, batch_size: int = 32, device=None):
         check_eos(tokenizer)
+        check_pad_token(tokenizer, "E5Embedder")
         if max_length < 2:
             raise ValueError(f"E5Embedder: max_length={max_length} leaves no room for a token and EOS; use >= 2.")
         if batch_size < 1:
@@ -80,6 +81,11 @@ class E5Embedder:
         max_length: int | None = None,
     ) -> torch.Tensor:
         """Embed ``texts`` as they are (no instruction added).
+
+        Every item must be a ``str`` (``None`` or a number raises ``TypeError`` naming its index).
+        An empty or whitespace-only string is embedded as it is (its tokens, then EOS), so corpora
+        with empty documents keep their row order; a text over ``max_length`` tokens is truncated
+        with its EOS kept.
 
         Returns:
             `(len(texts), hidden)` float32 CPU tensor, rows in input order.

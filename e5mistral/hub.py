@@ -423,20 +423,31 @@ def push_folder(
 ) -> str:
     """Create the repo if needed and upload `folder` as it is; returns the commit URL.
 
-    The token is `token`, else ``HF_TOKEN``, else the saved login (``hf auth login``).
+    The token is `token`, else ``HF_TOKEN``, else the saved login (``hf auth login``). An error
+    whose message carries a token is re-raised as a ``RuntimeError`` with the token masked.
     """
     from huggingface_hub import HfApi
+
+    from e5mistral.synthetic.llm import redact
 
     if repo_type not in ("model", "dataset"):
         raise ValueError(f"repo_type={repo_type!r}; use 'model' or 'dataset'.")
     api = HfApi(token=token or os.environ.get("HF_TOKEN") or None)
-    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    commit = api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type=repo_type,
-        commit_message=commit_message or f"Upload {repo_type} with e5mistral",
-    )
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        commit = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type=repo_type,
+            commit_message=commit_message or f"Upload {repo_type} with e5mistral",
+        )
+    except Exception as err:
+        message = str(err)
+        masked = redact(message, [token] if token else [])
+        if masked == message:
+            raise
+        # `from None`: the original exception (and its message) must not be printed in the traceback.
+        raise RuntimeError(f"pushing {folder} to {repo_type} repo {repo_id} failed: {masked}") from None
     return str(commit)
 
 

@@ -9,7 +9,7 @@ truncation keeps the EOS.
 
 from tokenizers import processors
 
-__all__ = ["EOSContractError", "appends_eos", "check_eos", "ensure_eos"]
+__all__ = ["EOSContractError", "appends_eos", "check_eos", "check_pad_token", "ensure_eos"]
 
 _PROBE = "Embeddings end with an end-of-sequence token."
 
@@ -108,4 +108,22 @@ def check_eos(tokenizer) -> None:
     if len(short) != 4 or short[-1] != tokenizer.eos_token_id:
         raise EOSContractError(
             f"{name} drops EOS when truncating (max_length=4 gave ids {short}). {fix}"
+        )
+
+
+def check_pad_token(tokenizer, who: str) -> None:
+    """Raise ``ValueError`` unless ``tokenizer`` can pad a batch (``who`` names the caller in the message).
+
+    Example:
+
+    ```python
+    >>> check_pad_token(tokenizer, "E5Collator")   # silent when a pad token is set
+    ```
+    """
+    if tokenizer.pad_token is None or tokenizer.pad_token_id is None:
+        raise ValueError(
+            f"{who}: {type(tokenizer).__name__} has no pad token (pad_token={tokenizer.pad_token!r}), so texts of "
+            "different lengths cannot share a batch. Fix: `tokenizer.pad_token = tokenizer.eos_token` (Mistral's "
+            "choice; pooling reads the attention mask, so pad == eos is safe), or `e5mistral.ensure_eos(tokenizer)`, "
+            "which sets it."
         )

@@ -25,6 +25,9 @@ LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 class E5TrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the contrastive objective, batch construction and final export.
 
+    ``hub_token`` is never written: pickling (``training_args.bin`` in checkpoints) drops it, and
+    ``to_json_string`` masks it.
+
     Example:
         >>> args = E5TrainingArguments(output_dir="out", per_device_train_batch_size=64, mini_batch_size=8)
         >>> args.temperature, args.gather_across_devices
@@ -79,6 +82,13 @@ class E5TrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "With LoRA, also keep the adapter alone in `<output_dir>/adapter` next to the merged model."},
     )
+
+    def __getstate__(self) -> dict:
+        # `Trainer` pickles the arguments into every checkpoint and saved folder (training_args.bin);
+        # the Hub token must not travel with them (`to_json_string` already masks it).
+        state = self.__dict__.copy()
+        state["hub_token"] = None
+        return state
 
     def __post_init__(self):
         if not self.temperature > 0:

@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from e5mistral.instructions import format_query
-from e5mistral.tokenization import check_eos
+from e5mistral.tokenization import check_eos, check_pad_token
 from e5mistral.training.loss import text_ids
 
 __all__ = ["E5Collator"]
@@ -50,8 +50,11 @@ class E5Collator:
 
     def __post_init__(self) -> None:
         check_eos(self.tokenizer)
+        check_pad_token(self.tokenizer, "E5Collator")
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        if not rows:
+            raise ValueError("E5Collator got an empty batch (no rows); check the sampler and the dataset size.")
         queries, positives, negatives = [], [], []
         for position, row in enumerate(rows):
             query, positive = _text(row, "query", position), _text(row, "positive", position)

@@ -61,7 +61,9 @@ def info_nce(
             from every process.
         labels: (B,) index in ``document_embeddings`` of each query's positive; default
             ``arange(B)`` (positives first, as the collator lays them out).
-        temperature: the softmax temperature tau (recipe: 0.02).
+        temperature: the softmax temperature tau (recipe: 0.02); must be > 0. Scores are
+            computed in float32 (autocast off), so bf16 training neither overflows nor rounds
+            the ``1 / temperature`` scaling.
         document_ids: (D,) text ids (:func:`text_ids`); when given, a candidate with the same id
             as the query's positive (a duplicate of it) is masked out.
 
@@ -76,22 +78,24 @@ def info_nce(
         >>> round(loss.item(), 4), acc.item()
         (0.0029, 1.0)
     """
-    if temperature <= 0:
+    if not temperature > 0:  # also refuses NaN
         raise ValueError(f"temperature must be > 0, got {temperature}; the recipe uses 0.02.")
     num_queries = query_embeddings.shape[0]
     if labels is None:
         labels = torch.arange(num_queries, device=query_embeddings.device)
-    query_embeddings = F.normalize(query_embeddings, dim=-1)  # (B, H)
-    document_embeddings = F.normalize(document_embeddings, dim=-1)  # (D, H)
-    scores = query_embeddings @ document_embeddings.T / temperature  # (B, D)
+    # Score in float32 with autocast off: under bf16 autocast the matmul would round cosines to
+    # 2^-8, which 1/temperature (50x at 0.02, 1000x at 0.001) turns into logit errors of 0.2..4.
+    dtype = torch.promote_types(query_embeddings.dtype, torch.float32)
+    with torch.autocast(query_embeddings.device.type, enabled=False):
+        query_embeddings = F.normalize(query_embeddings.to(dtype), dim=-1)  # (B, H)
+        document_embeddings = F.normalize(document_embeddings.to(dtype), dim=-1)  # (D, H)
+        scores = query_embeddings @ document_embeddings.T / temperature  # (B, D)
     if document_ids is not None:
         positive_ids = document_ids[labels]  # (B,)
         duplicate = document_ids.unsqueeze(0) == positive_ids.unsqueeze(1)  # (B, D)
         duplicate[torch.arange(num_queries, device=labels.device), labels] = False  # keep the positive itself
         scores = scores.masked_fill(duplicate, torch.finfo(scores.dtype).min)  # (B, D)
-    loss = F.cross_entropy(
-        scores.to(torch.promote_types(scores.dtype, torch.float32)), labels
-    )  # fp32 softmax under bf16
+    loss = F.cross_entropy(scores, labels)  # float32 softmax, also under bf16 autocast
     accuracy = (scores.argmax(dim=-1) == labels).float().mean().detach()
     return loss, accuracy
 

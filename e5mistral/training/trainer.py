@@ -4,7 +4,9 @@ What it changes in `transformers.Trainer`, and nothing else:
 
 - ``compute_loss``: InfoNCE of the queries against all documents of the batch (and, with several
   processes, of all processes), through GradCache when ``mini_batch_size`` is set; in-batch
-  accuracy is logged next to the loss.
+  accuracy is logged next to the loss. A non-finite embedding or loss stops training with a
+  ``FloatingPointError`` naming the step, the batch rows and their texts; a batch of one row
+  (no in-batch negatives) is warned about once.
 - the column signature: the rows' text columns reach the collator (the model takes token ids).
 - ``get_train_dataloader``: the duplicate-free / same-task batch sampler when asked for.
 - ``evaluate``: retrieval metrics (nDCG@10, MRR@10, Recall@k...) on a dev split: each dev row's
@@ -15,6 +17,7 @@ What it changes in `transformers.Trainer`, and nothing else:
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -38,6 +41,8 @@ from e5mistral.training.loss import gather_documents, info_nce
 from e5mistral.training.sampler import E5BatchSampler
 
 __all__ = ["E5Trainer"]
+
+logger = logging.getLogger(__name__)
 
 
 def _embed(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -98,6 +103,7 @@ class E5Trainer(Trainer):
             **kwargs,
         )
         self._train_accuracy: list[torch.Tensor] = []
+        self._warned_batch_of_one = False
 
     # ---- data ----
 
@@ -138,11 +144,21 @@ class E5Trainer(Trainer):
         gather = self.args.gather_across_devices and self.args.world_size > 1
 
         def loss_from_embeddings(queries: torch.Tensor, documents: torch.Tensor):  # (B, H), (D, H)
+            self._check_finite({"query": (queries, inputs["query"]), "document": (documents, inputs["document"])})
+            self._warn_if_batch_of_one(queries.shape[0] * (self.args.world_size if gather else 1))
             ids, offset = document_ids, 0
             if gather:
                 documents, ids, offset = gather_documents(documents, ids)  # (sum D_r, H), (sum D_r,)
             labels = offset + torch.arange(queries.shape[0], device=queries.device)  # (B,)
-            return info_nce(queries, documents, labels, self.args.temperature, ids)
+            loss, accuracy = info_nce(queries, documents, labels, self.args.temperature, ids)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite loss ({loss.item()}) at training step {self.state.global_step + 1} on a batch of "
+                    f"{queries.shape[0]} queries ({self._texts(inputs['query'], range(min(3, queries.shape[0])))}...) "
+                    f"and {documents.shape[0]} documents, with finite embeddings: check temperature="
+                    f"{self.args.temperature} and the loss."
+                )
+            return loss, accuracy
 
         if self.args.mini_batch_size is not None:
             loss, accuracy = grad_cache(
@@ -153,6 +169,52 @@ class E5Trainer(Trainer):
         if model.training:
             self._train_accuracy.append(accuracy)
         return (loss, {"accuracy": accuracy}) if return_outputs else loss
+
+    def _check_finite(self, sides: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> None:
+        """Stop on a NaN/inf embedding, naming the step, the rows of the batch and their texts.
+
+        ``sides`` maps ``"query"``/``"document"`` to ``(embeddings (b, H), their tokenized batch)``.
+        The verdict is shared by all processes, so every process stops (none hangs in a collective).
+        """
+        bad = {side: ~torch.isfinite(embeddings).all(dim=-1) for side, (embeddings, _) in sides.items()}  # (b,) each
+        flag = torch.stack([rows.any() for rows in bad.values()]).any().int().reshape(1)  # (1,)
+        if not self.accelerator.gather(flag).any():
+            return
+        found = []
+        for side, rows in bad.items():
+            if rows.any():
+                index = rows.nonzero()[:, 0].tolist()
+                layout = " (the rows' positives first, then their hard negatives)" if side == "document" else ""
+                found.append(
+                    f"{len(index)} of {rows.shape[0]} {side} rows{layout}: rows {index[:10]}, texts "
+                    f"{self._texts(sides[side][1], index[:3])}"
+                )
+        raise FloatingPointError(
+            f"non-finite embedding at training step {self.state.global_step + 1} (process "
+            f"{self.accelerator.process_index}): {'; '.join(found) or 'on another process, this one is finite'}. "
+            "The weights or activations have diverged: lower learning_rate, train in bf16 rather than fp16, or "
+            "resume from an earlier checkpoint."
+        )
+
+    def _texts(self, features: dict[str, torch.Tensor], rows) -> list[str]:
+        """The (shortened) texts of ``rows`` of a tokenized batch, for error messages."""
+        texts = []
+        for row in rows:
+            ids = features["input_ids"][row][features["attention_mask"][row].bool()]
+            text = self.processing_class.decode(ids.tolist(), skip_special_tokens=True)
+            texts.append(text if len(text) <= 80 else text[:77] + "...")
+        return texts
+
+    def _warn_if_batch_of_one(self, num_queries: int) -> None:
+        if num_queries > 1 or self._warned_batch_of_one:
+            return
+        self._warned_batch_of_one = True
+        logger.warning(
+            f"training step {self.state.global_step + 1}: a batch of one row has no in-batch negatives, so its query "
+            "is scored against its hard negatives only (and the loss is 0, learning nothing, when it has none). "
+            f"Raise per_device_train_batch_size (now {self.args.per_device_train_batch_size}; the recipe uses 2048 "
+            "through GradCache), or set dataloader_drop_last=True if only the last batch is short."
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._train_accuracy:
