@@ -182,6 +182,13 @@ class E5MistralModel(MistralModel):
             [`E5MistralModelOutput`] with `pooler_output` of shape `(batch, hidden)`.
         """
         kwargs.pop("use_cache", None)  # an encoder never caches
+        if attention_mask is not None and attention_mask.dim() == 2:
+            empty = ~attention_mask.bool().any(dim=1)  # (B,)
+            if empty.any():
+                raise ValueError(
+                    f"E5MistralModel: attention_mask row {int(empty.nonzero()[0, 0])} is all zeros, so there is "
+                    "no token to pool; every text needs at least its EOS token (an empty string tokenizes to EOS)."
+                )
         outputs = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,

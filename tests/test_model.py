@@ -292,3 +292,10 @@ def test_pickle_checkpoint_is_refused(tmp_path):
         AutoModel.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="only safetensors"):
         E5MistralModel.from_pretrained(tmp_path, use_safetensors=False)
+
+
+def test_all_padding_row_is_refused():
+    model = make_tiny_model()
+    ids = torch.tensor([[5, 6, 2], [2, 2, 2]])
+    with pytest.raises(ValueError, match="attention_mask row 1 is all zeros"):
+        model(input_ids=ids, attention_mask=torch.tensor([[1, 1, 1], [0, 0, 0]]))
