@@ -147,3 +147,26 @@ def test_length_sorted_mini_batches_compute_fewer_padding_positions():
     # and the rows come back: sorted rows indexed by the inverse are the original rows
     sorted_features, inverse = sort_by_length(features)
     assert torch.equal(sorted_features["input_ids"][inverse], features["input_ids"])
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_length_sorted_chunks_give_the_one_forward_embeddings_and_gradients(padding_side):
+    from e5mistral.testing import make_tiny_model, make_tiny_tokenizer
+    from e5mistral.training.gradcache import embed_length_sorted
+
+    tokenizer = make_tiny_tokenizer(padding_side=padding_side)
+    model = make_tiny_model(tokenizer)
+    texts = ["a short one", "a much longer text about rivers, mountains and the lakes between them", "mid size text"] * 3
+    features = dict(tokenizer(texts, padding=True, return_tensors="pt"))
+    embed_fn = lambda m, f: m(**f).pooler_output
+    weights = torch.randn(len(texts), model.config.hidden_size)
+
+    whole = embed_fn(model, features)  # (B, H)
+    (whole * weights).sum().backward()
+    expected = grads_of(model)
+    model.zero_grad()
+    chunked = embed_length_sorted(model, embed_fn, features, max_positions=40)  # several chunks
+    (chunked * weights).sum().backward()
+    assert (chunked - whole).abs().max() < 1e-5
+    for name, grad in grads_of(model).items():
+        torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4)

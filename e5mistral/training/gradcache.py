@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import get_device_states, set_device_states
 
-__all__ = ["RandContext", "grad_cache", "sort_by_length", "split_features"]
+__all__ = ["RandContext", "embed_length_sorted", "grad_cache", "sort_by_length", "split_features"]
 
 Features = dict[str, Tensor]  # e.g. {"input_ids": (B, T), "attention_mask": (B, T)}
 EmbedFn = Callable[[nn.Module, Features], Tensor]  # (model, features) -> (B, H)
@@ -79,14 +79,20 @@ def split_features(features: Features, mini_batch_size: int) -> list[Features]:
     batch_size = features["input_ids"].shape[0]
     chunks = []
     for begin in range(0, batch_size, mini_batch_size):
-        chunk = {key: value[begin : begin + mini_batch_size] for key, value in features.items()}  # (b, T)
-        mask = chunk.get("attention_mask")
-        if mask is not None:
-            used = mask.any(dim=0).nonzero()
-            width = int(used.max()) + 1 if used.numel() else mask.shape[1]
-            chunk = {key: value[:, :width] if value.dim() >= 2 else value for key, value in chunk.items()}
-        chunks.append(chunk)
+        chunks.append(
+            _trim_trailing_padding({key: value[begin : begin + mini_batch_size] for key, value in features.items()})
+        )
     return chunks
+
+
+def _trim_trailing_padding(chunk: Features) -> Features:
+    """Drop the trailing columns no row attends to (right padding); leading pads stay (positions)."""
+    mask = chunk.get("attention_mask")
+    if mask is None:
+        return chunk
+    used = mask.any(dim=0).nonzero()
+    width = int(used.max()) + 1 if used.numel() else mask.shape[1]
+    return {key: value[:, :width] if value.dim() >= 2 else value for key, value in chunk.items()}  # (b, w)
 
 
 def sort_by_length(features: Features) -> tuple[Features, Tensor]:
@@ -112,6 +118,33 @@ def sort_by_length(features: Features) -> tuple[Features, Tensor]:
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)  # (B,)
     return {key: value[order] for key, value in features.items()}, inverse
+
+
+def embed_length_sorted(model: nn.Module, embed: EmbedFn, features: Features, max_positions: int = 8192) -> Tensor:
+    """Embed a batch with a graph, a few length-sorted chunks at a time; rows in the original order.
+
+    The same embeddings and gradients as one ``embed(model, features)``, with less padding: rows
+    are sorted by length and cut into chunks of at most ``max_positions`` padded positions (at
+    least one row), each padded only to its own longest text. Activation memory is that of the
+    whole batch, as in one forward; chunking only removes work.
+
+    Returns:
+        ``(B, H)`` embeddings, row ``i`` for text ``i``.
+    """
+    sorted_features, inverse = sort_by_length(features)
+    lengths = sorted_features["attention_mask"].sum(dim=1).tolist() if "attention_mask" in sorted_features else None
+    if lengths is None:
+        return embed(model, features)
+    chunks, begin = [], 0
+    while begin < len(lengths):
+        rows = max(1, max_positions // max(1, lengths[begin]))  # the first row is the chunk's longest
+        chunks.append(range(begin, min(begin + rows, len(lengths))))
+        begin += rows
+    reps = []
+    for rows in chunks:
+        chunk = _trim_trailing_padding({key: value[rows.start : rows.stop] for key, value in sorted_features.items()})
+        reps.append(embed(model, chunk))  # (b, H)
+    return torch.cat(reps)[inverse]  # (B, H)
 
 
 def grad_cache(

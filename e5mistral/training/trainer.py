@@ -36,7 +36,7 @@ from e5mistral.instructions import format_query
 from e5mistral.training.arguments import E5TrainingArguments
 from e5mistral.training.collator import E5Collator
 from e5mistral.training.data import SCHEMA_COLUMNS
-from e5mistral.training.gradcache import grad_cache
+from e5mistral.training.gradcache import embed_length_sorted, grad_cache
 from e5mistral.training.loss import gather_documents, info_nce
 from e5mistral.training.sampler import E5BatchSampler
 
@@ -165,7 +165,10 @@ class E5Trainer(Trainer):
                 model, _embed, [inputs["query"], inputs["document"]], loss_from_embeddings, self.args.mini_batch_size
             )
         else:
-            loss, accuracy = loss_from_embeddings(_embed(model, inputs["query"]), _embed(model, inputs["document"]))
+            # One graph for the whole batch, embedded in length-sorted chunks: no compute on most padding.
+            queries = embed_length_sorted(model, _embed, inputs["query"])  # (B, H)
+            documents = embed_length_sorted(model, _embed, inputs["document"])  # (D, H)
+            loss, accuracy = loss_from_embeddings(queries, documents)
         if model.training:
             self._train_accuracy.append(accuracy)
         return (loss, {"accuracy": accuracy}) if return_outputs else loss
