@@ -98,7 +98,14 @@ def assert_weights_equal(actual, expected, start):
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"mini_batch_size": 2}, {"mini_batch_size": 3, "activation_checkpointing": True}]
+    "options",
+    [
+        {},
+        {"chunk_positions": 0},  # one forward per side
+        {"chunk_positions": 16},  # several length-sorted chunks per side
+        {"mini_batch_size": 2},
+        {"mini_batch_size": 3, "activation_checkpointing": True},
+    ],
 )
 def test_one_step_equals_the_hand_written_sgd_step(tmp_path, options):
     rows = make_rows(8)

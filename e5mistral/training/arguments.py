@@ -57,7 +57,16 @@ class E5TrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "GradCache: texts embedded per forward pass, so that `per_device_train_batch_size` rows "
-            "share one softmax at the memory cost of this many. Unset: off (one forward per side)."
+            "share one softmax at the memory cost of this many. Unset: off (one graph per side)."
+        },
+    )
+    chunk_positions: int = field(
+        default=2048,
+        metadata={
+            "help": "Without GradCache, each side is embedded in length-sorted chunks of at most this many "
+            "padded positions (rows x longest text): one graph and the same gradients as one forward, without "
+            "computing most of the padding. 0: one forward per side. Raise it under ZeRO-3, where every "
+            "forward gathers the weights again."
         },
     )
     gather_across_devices: bool = field(
@@ -100,6 +109,8 @@ class E5TrainingArguments(TrainingArguments):
                 )
         if self.num_negatives is not None and self.num_negatives < 0:
             raise ValueError(f"num_negatives={self.num_negatives} must be >= 0, or None for all hard negatives.")
+        if self.chunk_positions < 0:
+            raise ValueError(f"chunk_positions={self.chunk_positions} must be >= 0 (0: one forward per side).")
         if self.mini_batch_size is not None and self.mini_batch_size < 1:
             raise ValueError(
                 f"mini_batch_size={self.mini_batch_size} must be >= 1; leave it unset to turn GradCache off."

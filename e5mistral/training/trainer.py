@@ -166,8 +166,11 @@ class E5Trainer(Trainer):
             )
         else:
             # One graph for the whole batch, embedded in length-sorted chunks: no compute on most padding.
-            queries = embed_length_sorted(model, _embed, inputs["query"])  # (B, H)
-            documents = embed_length_sorted(model, _embed, inputs["document"])  # (D, H)
+            if self.args.chunk_positions:
+                queries = embed_length_sorted(model, _embed, inputs["query"], self.args.chunk_positions)  # (B, H)
+                documents = embed_length_sorted(model, _embed, inputs["document"], self.args.chunk_positions)  # (D, H)
+            else:
+                queries, documents = _embed(model, inputs["query"]), _embed(model, inputs["document"])
             loss, accuracy = loss_from_embeddings(queries, documents)
         if model.training:
             self._train_accuracy.append(accuracy)
