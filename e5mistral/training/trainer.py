@@ -32,6 +32,7 @@ from transformers.trainer_utils import speed_metrics
 
 from e5mistral.encoding import E5Embedder
 from e5mistral.evaluation.metrics import retrieval_metrics
+from e5mistral.evaluation.retrieval import exact_search
 from e5mistral.instructions import format_query
 from e5mistral.training.arguments import E5TrainingArguments
 from e5mistral.training.collator import E5Collator
@@ -268,8 +269,7 @@ class E5Trainer(Trainer):
         with self.compute_loss_context_manager():
             query_embeddings = embedder.encode(queries, max_length=self.args.query_max_length)  # (Q, H)
             document_embeddings = embedder.encode(list(corpus), max_length=self.args.passage_max_length)  # (D, H)
-        scores = query_embeddings @ document_embeddings.T  # (Q, D)
-        top_scores, top_docs = scores.topk(min(max(k_values), scores.shape[1]), dim=1)  # (Q, k)
+        top_scores, top_docs = exact_search(query_embeddings, document_embeddings, max(k_values))  # (Q, k)
         doc_ids = list(corpus.values())
         run = {
             f"q{i}": {doc_ids[d]: s for d, s in zip(docs.tolist(), vals.tolist())}
