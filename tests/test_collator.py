@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from e5mistral import format_query
 from e5mistral.testing import make_tiny_tokenizer
@@ -124,3 +125,17 @@ def test_schema_errors_name_source_column_and_row(tmp_path):
     missing.write_text(json.dumps({"question": "q", "positive": "p"}) + "\n")
     with pytest.raises(ValueError, match="required column 'query' is missing"):
         load_rows(str(missing))
+
+
+def test_batches_are_right_padded_whatever_the_tokenizer_side():
+    """Length-sorted chunks trim trailing padding; a left-padding tokenizer must not defeat that."""
+    left = make_tiny_tokenizer(padding_side="left")
+    batch = E5Collator(left, query_max_length=32, passage_max_length=32)(ROWS)
+    for side in ("query", "document"):
+        mask = batch[side]["attention_mask"]
+        assert bool(mask[:, 0].all())  # every row starts with a real token
+        assert int(mask.sum()) < mask.numel()  # there is padding, and it is at the end of each row
+        assert torch.equal(mask, (torch.arange(mask.shape[1]) < mask.sum(1, keepdim=True)).long())
+    assert left.padding_side == "left"  # the tokenizer itself is left as it was
+    right = E5Collator(TOKENIZER, query_max_length=32, passage_max_length=32)(ROWS)
+    assert torch.equal(batch["document"]["input_ids"], right["document"]["input_ids"])

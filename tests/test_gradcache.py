@@ -170,3 +170,46 @@ def test_length_sorted_chunks_give_the_one_forward_embeddings_and_gradients(padd
     assert (chunked - whole).abs().max() < 1e-5
     for name, grad in grads_of(model).items():
         torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4)
+
+
+def _brute_force_plan_cost(lengths, max_positions, overhead):
+    """The cheapest cost over all 2^(n-1) contiguous partitions: the oracle for plan_chunks."""
+    from itertools import product
+
+    n, best = len(lengths), None
+    for cuts in product([False, True], repeat=n - 1):
+        bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
+        chunks = [lengths[a:b] for a, b in zip(bounds, bounds[1:])]
+        if any(len(c) > 1 and len(c) * c[0] > max_positions for c in chunks):
+            continue
+        cost = sum(len(c) * c[0] + overhead for c in chunks)
+        best = cost if best is None else min(best, cost)
+    return best
+
+
+def test_plan_chunks_is_the_cheapest_partition_within_the_position_bound():
+    from e5mistral.training.gradcache import plan_chunks
+
+    rng = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = int(torch.randint(1, 10, (1,), generator=rng))
+        lengths = sorted(torch.randint(1, 60, (n,), generator=rng).tolist(), reverse=True)
+        max_positions = int(torch.randint(30, 200, (1,), generator=rng))
+        overhead = int(torch.randint(0, 40, (1,), generator=rng))
+        plan = plan_chunks(lengths, max_positions, overhead)
+        assert [i for rows in plan for i in rows] == list(range(n))  # every row once, in order
+        assert all(len(rows) == 1 or len(rows) * lengths[rows.start] <= max_positions for rows in plan)
+        cost = sum(len(rows) * lengths[rows.start] + overhead for rows in plan)
+        assert cost == _brute_force_plan_cost(lengths, max_positions, overhead), (lengths, max_positions, overhead)
+
+
+def test_plan_chunks_trades_padding_against_forwards():
+    from e5mistral.training.gradcache import plan_chunks
+
+    lengths = [120, 118, 115, 40, 38, 37, 36, 9, 8, 8]
+    free = plan_chunks(lengths, 4096, overhead=0)  # free forwards: no padding at all
+    assert sum(len(rows) * lengths[rows.start] for rows in free) == sum(lengths)
+    assert plan_chunks(lengths, 4096, overhead=10_000) == [range(0, 10)]  # costly forwards: one chunk
+    assert [len(r) for r in plan_chunks(lengths, 4096, overhead=50)] == [3, 4, 3]  # the three length groups
+    with pytest.raises(ValueError, match="sorted longest first"):
+        plan_chunks([3, 5], 100)

@@ -73,8 +73,15 @@ class E5Collator:
         }
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, Tensor]:
-        """Tokenize with EOS appended (kept under truncation) and padding to the longest text."""
-        encoded = self.tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        """Tokenize with EOS appended (kept under truncation), right-padded to the longest text.
+
+        Right padding whatever the tokenizer's ``padding_side``: pooling reads the mask, so either side
+        gives the same embeddings, but only trailing padding columns can be cut off a length-sorted
+        chunk without moving any token's position (see :mod:`e5mistral.training.gradcache`).
+        """
+        encoded = self.tokenizer(
+            texts, truncation=True, max_length=max_length, padding=True, padding_side="right", return_tensors="pt"
+        )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
