@@ -174,12 +174,12 @@ def test_length_sorted_chunks_give_the_one_forward_embeddings_and_gradients(padd
 
 def _brute_force_plan_cost(lengths, max_positions, overhead):
     """The cheapest cost over all 2^(n-1) contiguous partitions: the oracle for plan_chunks."""
-    from itertools import product
+    from itertools import pairwise, product
 
     n, best = len(lengths), None
     for cuts in product([False, True], repeat=n - 1):
         bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
-        chunks = [lengths[a:b] for a, b in zip(bounds, bounds[1:])]
+        chunks = [lengths[a:b] for a, b in pairwise(bounds)]
         if any(len(c) > 1 and len(c) * c[0] > max_positions for c in chunks):
             continue
         cost = sum(len(c) * c[0] + overhead for c in chunks)
@@ -209,7 +209,7 @@ def test_plan_chunks_trades_padding_against_forwards():
     lengths = [120, 118, 115, 40, 38, 37, 36, 9, 8, 8]
     free = plan_chunks(lengths, 4096, overhead=0)  # free forwards: no padding at all
     assert sum(len(rows) * lengths[rows.start] for rows in free) == sum(lengths)
-    assert plan_chunks(lengths, 4096, overhead=10_000) == [range(0, 10)]  # costly forwards: one chunk
+    assert plan_chunks(lengths, 4096, overhead=10_000) == [range(10)]  # costly forwards: one chunk
     assert [len(r) for r in plan_chunks(lengths, 4096, overhead=50)] == [3, 4, 3]  # the three length groups
     with pytest.raises(ValueError, match="sorted longest first"):
         plan_chunks([3, 5], 100)

@@ -36,15 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "generate_data.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def allow_local_http():
-    """conftest sets HF_HUB_OFFLINE=1, under which huggingface_hub refuses every request; the
-    servers here are local, so lift it for the LLM client (load_dataset still runs offline)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
-        yield
-
-
 # ------------------------------------------------------------------------------------------
 # A real OpenAI-compatible server with scripted answers
 # ------------------------------------------------------------------------------------------

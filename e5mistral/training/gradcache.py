@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from functools import partial
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -144,7 +145,7 @@ def plan_chunks(lengths: Sequence[int], max_positions: int, overhead: int | None
         [range(0, 3), range(3, 5), range(5, 6)]
     """
     n = len(lengths)
-    if any(a < b for a, b in zip(lengths, lengths[1:])):
+    if any(a < b for a, b in pairwise(lengths)):
         raise ValueError("plan_chunks: lengths must be sorted longest first.")
     overhead = max_positions // 32 if overhead is None else overhead
     best = [0] + [float("inf")] * n  # best[j]: cheapest plan of rows[:j]
