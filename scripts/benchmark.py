@@ -31,7 +31,7 @@ Sections:
    shape on CPU, to check the code path only).
 
 Timings on a shared machine are noisy: each ratio compares two runs made moments apart, and the
-encoding figures take the best of ``--repeats`` runs per side.
+training and encoding figures take the fastest of ``Settings.repeats`` alternating runs per side.
 """
 
 from __future__ import annotations
@@ -474,6 +474,7 @@ class Bench:
         s = settings
         self.rows = make_rows(s.batch * (s.warmup_steps + s.steps), seed=0)
         self.runs: dict[str, TrainRun] = {}
+        self._primed = False
         self._matmul: float | None = None
 
     def describe(self) -> str:
@@ -488,26 +489,39 @@ class Bench:
         return self._matmul
 
     def run(self, name: str) -> TrainRun:
-        """``name`` in e5, e5_gradcache, st, st_cached."""
+        """``name`` in e5, e5_gradcache, st, st_cached: its fastest of the runs made so far (one if none)."""
         if name not in self.runs:
-            s = self.settings
-            if not self.runs:
-                # The first training of a process pays one-time costs (allocator growth, lazy imports, first
-                # page faults) beyond its own warm-up step; spend them on an untimed step so that whichever
-                # side is measured first is not penalised.
-                train_e5(self.folder, self.rows, s.batch, s.max_length, None, 1)
-            mini = s.mini_batch if name.endswith(("gradcache", "cached")) else None
-            train = train_e5 if name.startswith("e5") else train_st
-            print(f"    training: {name} ({s.warmup_steps} warm-up + {s.steps} measured steps of {s.batch} rows)", flush=True)
-            clock = train(self.folder, self.rows, s.batch, s.max_length, mini, s.warmup_steps + s.steps)
-            self.runs[name] = summarise_clock(name, clock, s.batch, s.warmup_steps)
+            self.run_pair(name)
         return self.runs[name]
+
+    def run_pair(self, *names: str) -> None:
+        """Train each of ``names`` ``settings.repeats`` times, alternating (a, b, a, b), and keep each one's
+        fastest run: machine noise (another process, frequency changes) only ever slows a run down, and
+        alternating spreads any slow spell over both sides instead of one."""
+        s = self.settings
+        if not self.runs and not self._primed:
+            # The first training of a process pays one-time costs (allocator growth, lazy imports, first
+            # page faults) beyond its own warm-up step; spend them on an untimed step so that whichever
+            # side is measured first is not penalised.
+            train_e5(self.folder, self.rows, s.batch, s.max_length, None, 1)
+            self._primed = True
+        for repeat in range(s.repeats):
+            for name in names:
+                mini = s.mini_batch if name.endswith(("gradcache", "cached")) else None
+                train = train_e5 if name.startswith("e5") else train_st
+                print(f"    training: {name}, run {repeat + 1} of {s.repeats} ({s.warmup_steps} warm-up + {s.steps} "
+                      f"measured steps of {s.batch} rows)", flush=True)
+                clock = train(self.folder, self.rows, s.batch, s.max_length, mini, s.warmup_steps + s.steps)
+                result = summarise_clock(name, clock, s.batch, s.warmup_steps)
+                if name not in self.runs or result.seconds_per_step < self.runs[name].seconds_per_step:
+                    self.runs[name] = result
 
 
 def section_training(bench: Bench) -> Section:
     s = bench.settings
     sec = Section(1, "Training throughput: E5Trainer vs SentenceTransformerTrainer")
     for ours, ref, what in (("e5", "st", "plain"), ("e5_gradcache", "st_cached", f"GradCache, chunk {s.mini_batch}")):
+        bench.run_pair(ours, ref)
         a, b = bench.run(ours), bench.run(ref)
         ref_name = "MultipleNegativesRankingLoss" if ref == "st" else "CachedMultipleNegativesRankingLoss"
         for unit, x, y in (("examples/s", a.examples_per_s, b.examples_per_s), ("real tokens/s", a.tokens_per_s, b.tokens_per_s)):
@@ -517,7 +531,9 @@ def section_training(bench: Bench) -> Section:
         f"{s.batch} rows per step (query with instruction, positive, 1 hard negative), every text truncated to "
         f"{s.max_length} tokens on both sides, temperature {TEMPERATURE} (scale {1 / TEMPERATURE:g}), AdamW lr 1e-5, fp32, "
         f"{s.warmup_steps} warm-up step(s) then {s.steps} timed; the time runs from the end of the last warm-up step "
-        "to the end of the last step, so it includes data loading, collation (tokenisation) and the optimizer."
+        "to the end of the last step, so it includes data loading, collation (tokenisation) and the optimizer. "
+        f"Each side trained {s.repeats} times, alternating with the other (ours, reference, ours, ...); the "
+        "fastest run of each counts."
     )
     sec.notes.append("Real tokens = attended tokens of each text, counted once per step by a hook on the backbone.")
     return sec
