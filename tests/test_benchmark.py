@@ -5,6 +5,7 @@ section runs, prints its figures as ratios and lands in the Markdown file with t
 the command.
 """
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -14,8 +15,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def benchmark_module():
+    spec = importlib.util.spec_from_file_location("benchmark_script", REPO / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_quick_benchmark_prints_ratios_and_writes_markdown(tmp_path):
     output = tmp_path / "BENCHMARKS.md"
+    history = f"{benchmark_module().HISTORY_MARKER}\n\n## Before and after a past fix\n\n| figure | before | after |\n"
+    output.write_text("# Benchmarks\n\nstale figures of an older run\n\n" + history, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     script = REPO / "scripts" / "benchmark.py"
     command = [sys.executable, str(script), "--quick", "--threads", "1", "--output", str(output)]
@@ -34,6 +45,7 @@ def test_quick_benchmark_prints_ratios_and_writes_markdown(tmp_path):
                   "## 5. Data generation", "## 6. GPU"):
         assert title in report, report
     assert "error:" not in report, report
+    assert "stale figures" not in report and report.endswith(history)  # new figures, the history kept as is
     assert re.search(r"\*\*\d+\.\d\dx\*\*", report)
     if not __import__("torch").cuda.is_available():
         assert "skipped: no CUDA" in report
