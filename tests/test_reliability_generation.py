@@ -299,6 +299,8 @@ def test_unreachable_server_fails_fast_naming_no_credentials(tmp_path):
         asyncio.run(run_generation(CONFIG, pool, tmp_path / "log.jsonl", concurrency=2, progress=False))
     assert "PLANTED" not in "".join(traceback.format_exception(info.value))
     assert read_generation_log(tmp_path / "log.jsonl") == []
+    planned = {r.id for step in plan_requests(CONFIG) for r in step}
+    assert info.value.request_id in planned and f"[stopped at request {info.value.request_id}]" in str(info.value)
 
 
 # ------------------------------------------------------------------------------------------

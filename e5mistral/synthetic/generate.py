@@ -367,7 +367,11 @@ class _Runner:
         for attempt in range(1, self.max_reasks + 2):
             try:
                 result: ChatResult = await self.backend.chat(conversation, seed=request_seed(request.id))
-            except FatalLLMError:
+            except FatalLLMError as error:
+                # Name the request: if every rerun stops at the same one, that request is the fault
+                # (e.g. it makes the server drop the connection), not the server.
+                error.request_id = request.id
+                error.args = (f"{error.args[0]} [stopped at request {request.id}]",)
                 raise
             except LLMError as error:
                 return None, {"reason": error.reason, "detail": error.detail}, attempt, usage, endpoint
