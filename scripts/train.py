@@ -73,7 +73,12 @@ def load_datasets(script_args: E5ScriptArguments, training_args: E5TrainingArgum
         )
         dev = None
         if script_args.eval_dataset_name:
-            dev = load_training_data(script_args.eval_dataset_name, "validation", seed=training_args.seed)
+            dev = load_training_data(
+                script_args.eval_dataset_name,
+                script_args.eval_dataset_split,
+                script_args.eval_dataset_config,
+                seed=training_args.seed,
+            )
         elif script_args.eval_split_size > 0:
             size = script_args.eval_split_size
             split = train.train_test_split(test_size=size if size < 1 else int(size), seed=training_args.seed)

@@ -139,3 +139,25 @@ def test_batches_are_right_padded_whatever_the_tokenizer_side():
     assert left.padding_side == "left"  # the tokenizer itself is left as it was
     right = E5Collator(TOKENIZER, query_max_length=32, passage_max_length=32)(ROWS)
     assert torch.equal(batch["document"]["input_ids"], right["document"]["input_ids"])
+
+
+def test_a_folder_is_split_by_file_names_as_on_the_hub(tmp_path):
+    """A folder with train-*/validation-* files must not train on its validation rows."""
+    folder = tmp_path / "rows"
+    (folder / "data").mkdir(parents=True)
+    for split, n in (("train", 5), ("validation", 2)):
+        lines = [json.dumps({"query": f"{split} q{i}", "positive": f"{split} p{i}"}) for i in range(n)]
+        (folder / "data" / f"{split}-00000-of-00001.jsonl").write_text("\n".join(lines) + "\n")
+    (folder / "raw").mkdir()
+    (folder / "raw" / "log.jsonl").write_text('{"not": "a row"}\n')  # matches no split: never read
+    train = load_rows(str(folder), "train")
+    dev = load_rows(str(folder), "validation")
+    assert sorted(train["query"]) == [f"train q{i}" for i in range(5)]
+    assert sorted(dev["query"]) == ["validation q0", "validation q1"]
+    with pytest.raises(ValueError, match=r"splits \['train', 'validation'\].*not 'test'"):
+        load_rows(str(folder), "test")
+
+    plain = tmp_path / "plain"  # no split in any name: every split is the whole folder, as before
+    plain.mkdir()
+    (plain / "rows.jsonl").write_text(json.dumps({"query": "q", "positive": "p"}) + "\n")
+    assert len(load_rows(str(plain), "train")) == len(load_rows(str(plain), "validation")) == 1

@@ -182,6 +182,12 @@ class E5ScriptArguments:
             "training rows."
         },
     )
+    eval_dataset_split: str = field(
+        default="validation", metadata={"help": "Split of eval_dataset_name to evaluate on (e.g. test)."}
+    )
+    eval_dataset_config: str | None = field(
+        default=None, metadata={"help": "Configuration name of the eval dataset, if it has several."}
+    )
     eval_split_size: float = field(
         default=0.0,
         metadata={

@@ -9,7 +9,8 @@ sources), a missing ``instruction`` or ``language`` is "".
 A source is one of:
 
 - ``sample``: the bundled synthetic sample (:func:`e5mistral.synthetic.load_sample_training_rows`);
-- a local ``.json``/``.jsonl``/``.parquet`` file, or a folder holding such files;
+- a local ``.json``/``.jsonl``/``.parquet`` file, or a folder holding such files (split by their
+  names as on the Hub, ``train-*``/``validation-*``/``test-*``; all of them when none is named so);
 - a Hub dataset id (``owner/name``), with an optional configuration name.
 
 A mixture is ``"a=0.7,b=0.3"``: ratios are normalised to shares of the result, and the result is
@@ -84,7 +85,7 @@ def load_rows(source: str, split: str = "train", config: str | None = None) -> D
             )
         dataset = datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
     elif path.is_dir():
-        files = sorted(str(f) for f in path.rglob("*") if f.suffix in _BUILDERS)
+        files = _split_files(path, split)
         builders = {_BUILDERS[Path(f).suffix] for f in files}
         if not files or len(builders) > 1:
             raise ValueError(
@@ -95,6 +96,23 @@ def load_rows(source: str, split: str = "train", config: str | None = None) -> D
     else:
         dataset = datasets.load_dataset(source, config, split=split)
     return validate_rows(dataset, source)
+
+
+def _split_files(folder: Path, split: str) -> list[str]:
+    """The data files of ``split`` in a local folder, named as on the Hub (``train-*.parquet``,
+    ``data/validation.jsonl``, ...); a folder with no split names serves every split whole."""
+    from datasets.data_files import get_data_patterns, resolve_pattern
+
+    patterns = get_data_patterns(str(folder))
+    if list(patterns) == ["train"] and patterns["train"] == ["**"]:  # no split in any file name
+        return sorted(str(f) for f in folder.rglob("*") if f.suffix in _BUILDERS)
+    if split not in patterns:
+        raise ValueError(
+            f"dataset folder {str(folder)!r} has the splits {[str(s) for s in patterns]} (from its file names), "
+            f"not {split!r}."
+        )
+    found = {f for pattern in patterns[split] for f in resolve_pattern(pattern, str(folder))}
+    return sorted(f for f in found if Path(f).suffix in _BUILDERS)
 
 
 def validate_rows(dataset: Dataset, source: str = "dataset") -> Dataset:
