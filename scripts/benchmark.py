@@ -503,7 +503,7 @@ class Bench:
         fastest run: machine noise (another process, frequency changes) only ever slows a run down, and
         alternating spreads any slow spell over both sides instead of one."""
         s = self.settings
-        if not self.runs and not self._primed:
+        if not self._primed:
             # The first training of a process pays one-time costs (allocator growth, lazy imports, first
             # page faults) beyond its own warm-up step; spend them on an untimed step so that whichever
             # side is measured first is not penalised.
