@@ -1,6 +1,7 @@
 """Batched encoding of queries (with an instruction) and documents (without).
 
-Texts are tokenized once, sorted by length so each batch pads to nearly its own length, run
+Texts are tokenized once, sorted by length and cut into batches of at most ``batch_size`` texts
+where they save the most padding (:func:`~e5mistral.batching.plan_chunks`), run
 through the model under ``torch.inference_mode``, and returned in input order, L2-normalised.
 """
 
@@ -9,6 +10,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .batching import plan_chunks
 from .instructions import format_query
 from .tokenization import check_eos, check_pad_token
 
@@ -33,7 +35,7 @@ class E5Embedder:
             ``pooler_output``, such as a peft-wrapped one).
         tokenizer: its tokenizer; it must append EOS (checked here, see :func:`e5mistral.ensure_eos`).
         max_length: truncation length in tokens, EOS included.
-        batch_size: texts per forward pass.
+        batch_size: the most texts per forward pass (fewer where a batch would otherwise pad a lot).
         device: where to run; defaults to the model's device.
 
     Example:
@@ -98,6 +100,10 @@ class E5Embedder:
             return torch.empty(0, hidden)
         encoded = self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows at once
+        lengths = [len(encoded[i]) for i in order]
+        # At most batch_size texts per forward (so never more memory than fixed batches), cut where the
+        # padding saved outweighs one more forward (batch_size x longest / 32 positions).
+        batches = plan_chunks(lengths, max_positions=batch_size * lengths[0], max_rows=batch_size)
         if show_progress_bar is None:
             show_progress_bar = len(texts) >= 8 * batch_size
         out = torch.empty(len(texts), hidden)
@@ -105,9 +111,8 @@ class E5Embedder:
         self.model.eval()
         try:
             with torch.inference_mode():
-                starts = range(0, len(texts), batch_size)
-                for start in tqdm(starts, desc="Encoding", unit="batch", disable=not show_progress_bar):
-                    idx = order[start : start + batch_size]
+                for rows in tqdm(batches, desc="Encoding", unit="batch", disable=not show_progress_bar):
+                    idx = order[rows.start : rows.stop]
                     batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
                     batch = {k: v.to(self.device) for k, v in batch.items()}
                     emb = self.model(**batch).pooler_output  # (b, H)

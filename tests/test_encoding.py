@@ -58,3 +58,24 @@ def test_model_mode_is_restored(embedder):
     embedder.encode(["x"])
     assert embedder.model.training
     embedder.model.eval()
+
+
+def test_batches_hold_at_most_batch_size_texts_and_pad_less_than_fixed_batches():
+    tokenizer = make_tiny_tokenizer()
+    model = make_tiny_model(tokenizer)
+    embedder = E5Embedder(model, tokenizer, batch_size=8)
+    words = "river mountain lake valley forest meadow stone bridge".split()
+    texts = [" ".join(words[: 1 + i % 8] * (1 + (i * 7) % 9)) for i in range(40)]  # 2 to 73 tokens
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda m, args, kwargs: shapes.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    try:
+        planned = embedder.encode(texts)
+    finally:
+        hook.remove()
+    assert all(rows <= 8 for rows, _ in shapes) and sum(rows for rows, _ in shapes) == len(texts)
+    lengths = sorted((len(ids) for ids in tokenizer(texts, truncation=True, max_length=512)["input_ids"]), reverse=True)
+    fixed = sum(len(lengths[i : i + 8]) * lengths[i] for i in range(0, len(lengths), 8))  # 8 per batch, sorted
+    assert sum(rows * width for rows, width in shapes) < fixed
+    single = torch.cat([embedder.encode([t], batch_size=1) for t in texts[:6]])
+    assert (planned[:6] - single).abs().max() < 1e-5  # same embeddings whatever the batching

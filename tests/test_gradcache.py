@@ -172,7 +172,7 @@ def test_length_sorted_chunks_give_the_one_forward_embeddings_and_gradients(padd
         torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4)
 
 
-def _brute_force_plan_cost(lengths, max_positions, overhead):
+def _brute_force_plan_cost(lengths, max_positions, overhead, max_rows=None):
     """The cheapest cost over all 2^(n-1) contiguous partitions: the oracle for plan_chunks."""
     from itertools import pairwise, product
 
@@ -180,7 +180,7 @@ def _brute_force_plan_cost(lengths, max_positions, overhead):
     for cuts in product([False, True], repeat=n - 1):
         bounds = [0] + [i + 1 for i, c in enumerate(cuts) if c] + [n]
         chunks = [lengths[a:b] for a, b in pairwise(bounds)]
-        if any(len(c) > 1 and len(c) * c[0] > max_positions for c in chunks):
+        if any(len(c) > 1 and (len(c) * c[0] > max_positions or (max_rows and len(c) > max_rows)) for c in chunks):
             continue
         cost = sum(len(c) * c[0] + overhead for c in chunks)
         best = cost if best is None else min(best, cost)
@@ -188,7 +188,7 @@ def _brute_force_plan_cost(lengths, max_positions, overhead):
 
 
 def test_plan_chunks_is_the_cheapest_partition_within_the_position_bound():
-    from e5mistral.training.gradcache import plan_chunks
+    from e5mistral.batching import plan_chunks
 
     rng = torch.Generator().manual_seed(0)
     for trial in range(200):
@@ -196,15 +196,18 @@ def test_plan_chunks_is_the_cheapest_partition_within_the_position_bound():
         lengths = sorted(torch.randint(1, 60, (n,), generator=rng).tolist(), reverse=True)
         max_positions = int(torch.randint(30, 200, (1,), generator=rng))
         overhead = int(torch.randint(0, 40, (1,), generator=rng))
-        plan = plan_chunks(lengths, max_positions, overhead)
+        max_rows = None if trial % 2 else int(torch.randint(1, 5, (1,), generator=rng))
+        plan = plan_chunks(lengths, max_positions, overhead, max_rows=max_rows)
         assert [i for rows in plan for i in rows] == list(range(n))  # every row once, in order
         assert all(len(rows) == 1 or len(rows) * lengths[rows.start] <= max_positions for rows in plan)
+        assert max_rows is None or all(len(rows) <= max_rows for rows in plan)
         cost = sum(len(rows) * lengths[rows.start] + overhead for rows in plan)
-        assert cost == _brute_force_plan_cost(lengths, max_positions, overhead), (lengths, max_positions, overhead)
+        expected = _brute_force_plan_cost(lengths, max_positions, overhead, max_rows)
+        assert cost == expected, (lengths, max_positions, overhead, max_rows)
 
 
 def test_plan_chunks_trades_padding_against_forwards():
-    from e5mistral.training.gradcache import plan_chunks
+    from e5mistral.batching import plan_chunks
 
     lengths = [120, 118, 115, 40, 38, 37, 36, 9, 8, 8]
     free = plan_chunks(lengths, 4096, overhead=0)  # free forwards: no padding at all

@@ -65,7 +65,7 @@ class E5TrainingArguments(TrainingArguments):
         metadata={
             "help": "Without GradCache, each side is embedded in length-sorted chunks of at most this many "
             "padded positions (rows x longest text), cut where they save the most padding for the fewest "
-            "forwards (`gradcache.plan_chunks`): one graph and the same gradients as one forward, without "
+            "forwards (`e5mistral.batching.plan_chunks`): one graph and the same gradients as one forward, without "
             "computing most of the padding. 0: one forward per side. Raise it under ZeRO-3, where every "
             "forward gathers the weights again."
         },

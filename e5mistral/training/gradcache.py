@@ -24,12 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from functools import partial
-from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import get_device_states, set_device_states
+
+from ..batching import plan_chunks
 
 __all__ = ["RandContext", "embed_length_sorted", "grad_cache", "plan_chunks", "sort_by_length", "split_features"]
 
@@ -119,50 +120,6 @@ def sort_by_length(features: Features) -> tuple[Features, Tensor]:
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)  # (B,)
     return {key: value[order] for key, value in features.items()}, inverse
-
-
-def plan_chunks(lengths: Sequence[int], max_positions: int, overhead: int | None = None) -> list[range]:
-    """Cut rows sorted longest first into contiguous chunks that compute the fewest positions.
-
-    A chunk ``rows[i:j]`` costs ``(j - i) * lengths[i]`` padded positions (it is trimmed to its
-    longest, first, row) plus ``overhead`` positions for the forward itself (kernel launches,
-    per-layer work, accumulating each weight's gradient), and holds at most ``max_positions``
-    padded positions unless it is a single row. Dynamic programming over the cut points finds
-    the cheapest plan exactly; the overhead keeps it from spending one forward per distinct length.
-
-    Args:
-        lengths: attended tokens per row, in non-increasing order.
-        max_positions: the most padded positions per chunk (rows x longest text).
-        overhead: the cost of one more forward, in positions; ``max_positions // 32`` by default
-            (64 for 2048: about what a forward and backward of a few rows costs on a CPU, measured
-            with the benchmark's 4 x 512 model).
-
-    Returns:
-        Row ranges covering ``range(len(lengths))`` in order.
-
-    Example:
-        >>> plan_chunks([100, 98, 97, 20, 18, 5], max_positions=400, overhead=8)
-        [range(0, 3), range(3, 5), range(5, 6)]
-    """
-    n = len(lengths)
-    if any(a < b for a, b in pairwise(lengths)):
-        raise ValueError("plan_chunks: lengths must be sorted longest first.")
-    overhead = max_positions // 32 if overhead is None else overhead
-    best = [0] + [float("inf")] * n  # best[j]: cheapest plan of rows[:j]
-    cut = [0] * (n + 1)  # cut[j]: where the last chunk of that plan begins
-    for j in range(1, n + 1):
-        for i in range(j - 1, -1, -1):  # the last chunk is rows[i:j], as wide as lengths[i]
-            positions = (j - i) * lengths[i]
-            if positions > max_positions and j - i > 1:
-                break  # going further back only adds rows and width
-            cost = best[i] + positions + overhead
-            if cost < best[j]:
-                best[j], cut[j] = cost, i
-    chunks, j = [], n
-    while j > 0:
-        chunks.append(range(cut[j], j))
-        j = cut[j]
-    return chunks[::-1]
 
 
 def embed_length_sorted(model: nn.Module, embed: EmbedFn, features: Features, max_positions: int = 8192) -> Tensor:
