@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up ./.venv with e5mistral (editable) and its test extras. Safe to run again.
 #
-# torch is installed first and on its own, so that the package's `torch>=2.4` requirement is
+# torch is installed first and on its own, so that the package's `torch>=2.13` requirement is
 # already met and pip never pulls a CUDA build on a machine without a GPU:
 #   - with an NVIDIA GPU (nvidia-smi works): the default PyPI build (CUDA);
 #   - otherwise: the pinned release E5MISTRAL_TORCH (default torch==2.13.0), which resolves to a
@@ -14,7 +14,7 @@ python=${PYTHON:-python3}
 pip=(.venv/bin/python -m pip --disable-pip-version-check)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    "${pip[@]}" install "torch>=2.4"
+    "${pip[@]}" install "torch>=2.13"
   else
     "${pip[@]}" install "${E5MISTRAL_TORCH:-torch==2.13.0}"
   fi

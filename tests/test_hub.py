@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from e5mistral.testing import assert_close
 from e5mistral.hub import collect_model_info, export_dataset_folder, export_model_folder, push_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_exported_folder_loads_without_e5mistral_and_embeds_identically(run_fold
         ("auto_documents", expected_d),
         ("st_documents", expected_d),
     ]:
-        torch.testing.assert_close(torch.tensor(out[key]), expected, atol=1e-5, rtol=1e-4, msg=key)
+        assert_close(torch.tensor(out[key]), expected, rtol=1e-5, what=key)
 
 
 def test_staged_model_folder_is_the_allow_list_plus_card(run_folder, tmp_path):

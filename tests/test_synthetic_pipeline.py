@@ -31,6 +31,7 @@ from e5mistral.synthetic.generate import GenerationConfig, plan_requests, reques
 from e5mistral.synthetic.languages import parse_language_weights
 from e5mistral.synthetic.llm import EndpointPool, FatalLLMError
 from e5mistral.synthetic.tasks import to_training_row
+from e5mistral.testing import ScriptedServer, valid_answer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "generate_data.py"
@@ -39,113 +40,9 @@ SCRIPT = REPO / "scripts" / "generate_data.py"
 # ------------------------------------------------------------------------------------------
 # A real OpenAI-compatible server with scripted answers
 # ------------------------------------------------------------------------------------------
-def valid_answer(seed: int) -> dict:
-    """A JSON answer valid for every kind (extra keys are ignored), unique to the request."""
-    return {
-        "tasks": [f"Retrieve notes about topic {seed} number {j}." for j in range(3)],
-        "user_query": f"query {seed}",
-        "positive_document": f"positive {seed}",
-        "hard_negative_document": f"negative {seed}",
-        "input_text": f"text {seed}",
-        "label": f"label-a {seed}",
-        "misleading_label": f"label-b {seed}",
-        "input": f"input {seed}",
-        "S1": f"first {seed}",
-        "S2": f"second {seed}",
-        "S3": f"third {seed}",
-    }
-
-
 def expected_output(kind: str, seed: int) -> dict:
     answer = valid_answer(seed)
     return {field: answer[field] for field in OUTPUT_FIELDS[kind]}
-
-
-class ScriptedServer:
-    """`/v1/chat/completions` on 127.0.0.1. `behave(body, arrival)` returns one of:
-    ("content", text) | ("status", code, headers) | ("html",) | ("hang",). `arrival` counts the requests
-    that carried the same `seed` (one seed per request id, the same on every try)."""
-
-    def __init__(self, behave, delay: float = 0.0):
-        self.behave = behave
-        self.delay = delay
-        self.lock = threading.Lock()
-        self.arrivals: dict[int, list[tuple[float, str]]] = defaultdict(list)  # seed -> (time, action)
-        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
-        self.stop = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                seed = body.get("seed")
-                with server.lock:
-                    arrival = len(server.arrivals[seed])
-                    action = server.behave(body, arrival)
-                    server.arrivals[seed].append((time.monotonic(), action[0] if action[0] != "content" else "ok"))
-                if server.delay:
-                    time.sleep(server.delay)
-                if action[0] == "hang":
-                    server.stop.wait(10)
-                    return
-                if action[0] == "html":  # a 200 that is not JSON, as from a misconfigured proxy
-                    payload = b"<html><body>upstream unavailable</body></html>"
-                    self.send_response(200)
-                    self.send_header("Content-Type", "text/html")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    return
-                if action[0] == "status":
-                    _, code, headers = action
-                    payload = json.dumps({"error": {"message": f"scripted {code}"}}).encode()
-                    self.send_response(code)
-                    for key, value in headers.items():
-                        self.send_header(key, value)
-                else:
-                    text = action[1]
-                    usage = {
-                        "prompt_tokens": len(json.dumps(body["messages"])) // 4,
-                        "completion_tokens": len(text) // 4,
-                    }
-                    with server.lock:
-                        for key, value in usage.items():
-                            server.usage[key] += value
-                    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                    payload = json.dumps(
-                        {
-                            "id": "chatcmpl-test",
-                            "object": "chat.completion",
-                            "created": 0,
-                            "model": body["model"],
-                            "choices": [
-                                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-                            ],
-                            "usage": usage,
-                        }
-                    ).encode()
-                    self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def is_brainstorm(body: dict) -> bool:

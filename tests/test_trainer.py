@@ -13,7 +13,7 @@ from peft import LoraConfig
 from transformers import AutoModel, EarlyStoppingCallback
 
 from e5mistral import E5Embedder, format_query
-from e5mistral.testing import make_tiny_model, make_tiny_model_folder, make_tiny_tokenizer
+from e5mistral.testing import assert_close, make_tiny_model, make_tiny_model_folder, make_tiny_tokenizer
 from e5mistral.training.arguments import LORA_TARGET_MODULES, E5TrainingArguments
 from e5mistral.training.collator import E5Collator
 from e5mistral.training.loss import info_nce
@@ -92,7 +92,7 @@ def manual_sgd_step(model, rows, lr=0.5, temperature=0.05):
 def assert_weights_equal(actual, expected, start):
     moved = 0
     for key, value in expected.items():
-        torch.testing.assert_close(actual[key], value, atol=1e-5, rtol=0)
+        assert_close(actual[key], value, rtol=1e-5)
         moved += int(not torch.allclose(value, start[key]))
     assert moved > 0
 
@@ -184,7 +184,7 @@ def test_evaluation_equals_a_brute_force_ranking_and_drives_best_model_selection
         scores = (q[i] @ d.T).tolist()
         rank = 1 + sum(s > scores[documents.index(positive)] for s in scores)
         reciprocal_ranks.append(1 / rank if rank <= 10 else 0.0)
-    assert metrics["eval_mrr@10"] == pytest.approx(sum(reciprocal_ranks) / len(reciprocal_ranks), abs=1e-5)
+    assert metrics["eval_mrr@10"] == pytest.approx(sum(reciprocal_ranks) / len(reciprocal_ranks), rel=1e-5, abs=1e-12)
     assert {"eval_ndcg@10", "eval_recall@1", "eval_recall@100"} <= set(metrics)
 
 
@@ -210,7 +210,7 @@ def test_merged_folder_embeds_like_the_trained_lora_model(tmp_path):
     trained = E5Embedder(trainer.model, TOKENIZER).encode(texts)
     reloaded = E5Embedder(AutoModel.from_pretrained(folder), TOKENIZER).encode(texts)
     untrained = E5Embedder(E5MistralModel.from_pretrained(base), TOKENIZER).encode(texts)
-    torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=0)
+    assert_close(reloaded, trained, rtol=1e-5)
     assert not torch.allclose(untrained, trained, atol=1e-3)
 
 
