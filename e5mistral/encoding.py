@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from .batching import plan_chunks
 from .instructions import format_query
-from .tokenization import check_eos, check_pad_token
+from .tokenization import check_eos, check_model_path, check_pad_token, clamp_max_length, load_tokenizer
 
 __all__ = ["E5Embedder"]
 
@@ -34,7 +34,8 @@ class E5Embedder:
         model: an :class:`~e5mistral.E5MistralModel` (or anything whose output has
             ``pooler_output``, such as a peft-wrapped one).
         tokenizer: its tokenizer; it must append EOS (checked here, see :func:`e5mistral.ensure_eos`).
-        max_length: truncation length in tokens, EOS included.
+        max_length: truncation length in tokens, EOS included; capped (with a warning) at the
+            model's ``max_position_embeddings``.
         batch_size: the most texts per forward pass (fewer where a batch would otherwise pad a lot).
         device: where to run; defaults to the model's device.
 
@@ -57,19 +58,35 @@ class E5Embedder:
             raise ValueError(f"E5Embedder: batch_size={batch_size} must be >= 1.")
         self.model = model
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.max_length = clamp_max_length(max_length, getattr(model, "config", None), "E5Embedder max_length")
         self.batch_size = batch_size
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
 
     @classmethod
-    def from_pretrained(cls, name_or_path, *, device=None, dtype=None, trust_remote_code: bool = False, **kwargs):
-        """Load model and tokenizer from a folder or Hub id; ``kwargs`` go to ``__init__``."""
-        from transformers import AutoModel, AutoTokenizer
+    def from_pretrained(
+        cls,
+        name_or_path,
+        *,
+        revision: str | None = None,
+        device=None,
+        dtype=None,
+        trust_remote_code: bool = False,
+        **kwargs,
+    ):
+        """Load model and tokenizer from a folder or Hub id; ``kwargs`` go to ``__init__``.
+
+        A folder that does not exist, or has no tokenizer, raises :class:`~e5mistral.errors.UserError`
+        saying so (see :func:`e5mistral.tokenization.load_tokenizer`).
+        """
+        from transformers import AutoModel
 
         from . import E5MistralModel  # noqa: F401  (registers the Auto classes)
 
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        name_or_path = check_model_path(name_or_path)
+        tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(
+            name_or_path, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code
+        )
         if device is not None:
             model = model.to(device)
         return cls(model.eval(), tokenizer, device=device, **kwargs)
@@ -87,14 +104,15 @@ class E5Embedder:
         Every item must be a ``str`` (``None`` or a number raises ``TypeError`` naming its index).
         An empty or whitespace-only string is embedded as it is (its tokens, then EOS), so corpora
         with empty documents keep their row order; a text over ``max_length`` tokens is truncated
-        with its EOS kept.
+        with its EOS kept. A ``max_length`` over the model's ``max_position_embeddings`` is capped
+        at it, with a warning.
 
         Returns:
             `(len(texts), hidden)` float32 CPU tensor, rows in input order.
         """
         texts = _check_texts(texts, "texts")
         batch_size = batch_size or self.batch_size
-        max_length = max_length or self.max_length
+        max_length = clamp_max_length(max_length or self.max_length, self.model.config, "max_length")
         hidden = self.model.config.hidden_size
         if not texts:
             return torch.empty(0, hidden)

@@ -5,42 +5,12 @@ under the EOS contract, and the Sentence-Transformers files (Transformer -> last
 Normalize, with ``query``/``document`` prompts). It is what ``scripts/push_to_hub.py`` uploads.
 """
 
-import json
 from pathlib import Path
 
-from .instructions import INSTRUCTIONS, format_query
+from .modeling_e5mistral import sentence_transformers_files  # re-exported: the one implementation
 from .tokenization import check_eos, ensure_eos
 
 __all__ = ["save_model_folder", "sentence_transformers_files"]
-
-DEFAULT_QUERY_INSTRUCTION = INSTRUCTIONS["web_search"]
-
-
-def sentence_transformers_files(
-    hidden_size: int, max_seq_length: int, prompts: dict[str, str], pooling: str = "last_token", normalize: bool = True
-) -> dict[str, dict | list]:
-    """The Sentence-Transformers configuration files, as ``{relative path: JSON content}``."""
-    st_pooling = {"last_token": "lasttoken", "mean": "mean"}[pooling]
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
-    if normalize:
-        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
-    return {
-        "modules.json": modules,
-        "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
-        "1_Pooling/config.json": {
-            "word_embedding_dimension": hidden_size,
-            "pooling_mode": st_pooling,
-            "include_prompt": True,
-        },
-        "config_sentence_transformers.json": {
-            "prompts": prompts,
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine",
-        },
-    }
 
 
 def save_model_folder(
@@ -60,7 +30,8 @@ def save_model_folder(
         out_dir: the folder to write (created if needed).
         max_seq_length: the Sentence-Transformers truncation length.
         prompts: named Sentence-Transformers prompts; defaults to a ``query`` prompt with a
-            web-search instruction and an empty ``document`` prompt.
+            web-search instruction and an empty ``document`` prompt
+            (:data:`e5mistral.modeling_e5mistral.DEFAULT_PROMPTS`).
         max_shard_size: passed to ``save_pretrained``.
 
     Returns:
@@ -85,17 +56,9 @@ def save_model_folder(
     out.mkdir(parents=True, exist_ok=True)
     ensure_eos(tokenizer)
     check_eos(tokenizer)
-    model.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
-    tokenizer.save_pretrained(out)
-    if prompts is None:
-        prompts = {"query": format_query(DEFAULT_QUERY_INSTRUCTION, ""), "document": ""}
-    files = sentence_transformers_files(
-        model.config.hidden_size, max_seq_length, prompts, model.config.pooling, model.config.normalize
+    # E5MistralModel.save_pretrained writes the Sentence-Transformers files too (one implementation).
+    model.save_pretrained(
+        out, max_shard_size=max_shard_size, max_seq_length=max_seq_length, sentence_transformers_prompts=prompts
     )
-    for rel, content in files.items():
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if model.config.normalize:
-        (out / "2_Normalize").mkdir(exist_ok=True)
+    tokenizer.save_pretrained(out)
     return out

@@ -4,7 +4,14 @@ Documents carry no instruction. The wordings below are the project's own, one se
 family, usable by name wherever an instruction is accepted.
 """
 
+import difflib
+import re
+
+from .errors import UserError
+
 __all__ = ["INSTRUCTIONS", "format_query", "get_instruction"]
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a single word that reads as an instruction name, not as text
 
 INSTRUCTIONS: dict[str, str] = {
     "web_search": "Given a web search query, find passages that answer it",
@@ -25,6 +32,11 @@ INSTRUCTIONS: dict[str, str] = {
 def get_instruction(name_or_text: str | None) -> str:
     """The instruction registered under ``name_or_text``, or the text itself; ``None`` gives ``""``.
 
+    A single word made of letters, digits, ``_`` and ``-`` is taken as a name: an unknown one (a
+    typo such as ``"web_serch"``) raises :class:`~e5mistral.errors.UserError` listing the known
+    names, rather than becoming the instruction text. Anything else (words separated by spaces, or
+    with punctuation) is free text and returned as it is.
+
     Example:
 
     ```python
@@ -32,17 +44,34 @@ def get_instruction(name_or_text: str | None) -> str:
     'Given a web search query, find passages that answer it'
     >>> get_instruction("Retrieve recipes for the dish")
     'Retrieve recipes for the dish'
+    >>> get_instruction("web_serch")
+    Traceback (most recent call last):
+    ...
+    e5mistral.errors.UserError: unknown instruction name 'web_serch' (did you mean 'web_search'?); ...
     ```
     """
     if name_or_text is None:
         return ""
-    return INSTRUCTIONS.get(name_or_text, name_or_text)
+    if not isinstance(name_or_text, str):
+        raise TypeError(f"instruction must be a str or None, got {type(name_or_text).__name__} ({name_or_text!r}).")
+    name = name_or_text.strip()
+    if name in INSTRUCTIONS:
+        return INSTRUCTIONS[name]
+    if _NAME.fullmatch(name):
+        close = difflib.get_close_matches(name, INSTRUCTIONS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(
+            f"unknown instruction name {name!r}{hint}; known names: {', '.join(INSTRUCTIONS)}. "
+            "For a free-text instruction write it as a sentence (e.g. 'Summarize the text')."
+        )
+    return name_or_text
 
 
 def format_query(instruction: str | None, query: str) -> str:
     """Put a task instruction in front of a query; an empty or ``None`` instruction leaves it bare.
 
-    ``instruction`` may also be a name from :data:`INSTRUCTIONS`.
+    ``instruction`` may also be a name from :data:`INSTRUCTIONS`; an unknown name raises
+    :class:`~e5mistral.errors.UserError` (see :func:`get_instruction`).
 
     Example:
 

@@ -2,9 +2,14 @@
 
 Hub-bound file: copied next to the weights by ``save_pretrained`` and loaded with
 ``trust_remote_code=True`` where the ``e5mistral`` package is not installed, so it imports only
-torch, transformers and its sibling ``configuration_e5mistral.py``.
+torch, transformers and its sibling ``configuration_e5mistral.py`` (and the standard library).
+
+``E5MistralModel.save_pretrained`` also writes the Sentence-Transformers files, so every saved
+folder loads in ``SentenceTransformer(folder)`` with last-token pooling (or mean, as configured).
 """
 
+import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +20,78 @@ from transformers.utils import ModelOutput, logging
 from .configuration_e5mistral import E5MistralConfig
 
 logger = logging.get_logger(__name__)
+
+# The default Sentence-Transformers prompts: ``e5mistral.format_query(INSTRUCTIONS["web_search"], "")``
+# for queries (the package's tests check the two agree), nothing for documents.
+DEFAULT_PROMPTS = {"query": "Instruct: Given a web search query, find passages that answer it\nQuery: ", "document": ""}
+DEFAULT_MAX_SEQ_LENGTH = 512
+
+
+def sentence_transformers_files(
+    hidden_size: int, max_seq_length: int, prompts: dict[str, str], pooling: str = "last_token", normalize: bool = True
+) -> dict[str, dict | list]:
+    """The Sentence-Transformers configuration files, as ``{relative path: JSON content}``.
+
+    Transformer -> Pooling (``lasttoken`` or ``mean``) -> Normalize (when ``normalize``), with
+    named ``prompts`` and cosine similarity.
+
+    Example:
+
+    ```python
+    >>> files = sentence_transformers_files(4096, 512, DEFAULT_PROMPTS)
+    >>> files["1_Pooling/config.json"]["pooling_mode"]
+    'lasttoken'
+    ```
+    """
+    st_pooling = {"last_token": "lasttoken", "mean": "mean"}[pooling]
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    return {
+        "modules.json": modules,
+        "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
+        "1_Pooling/config.json": {
+            "word_embedding_dimension": hidden_size,
+            "pooling_mode": st_pooling,
+            "include_prompt": True,
+        },
+        "config_sentence_transformers.json": {
+            "prompts": prompts,
+            "default_prompt_name": None,
+            "similarity_fn_name": "cosine",
+        },
+    }
+
+
+def write_sentence_transformers_files(
+    folder, config, max_seq_length: int | None = None, prompts: dict[str, str] | None = None
+) -> None:
+    """Write :func:`sentence_transformers_files` for a model with ``config`` into ``folder``.
+
+    ``max_seq_length`` defaults to 512 tokens, at most ``config.max_position_embeddings``;
+    ``prompts`` to :data:`DEFAULT_PROMPTS`.
+
+    Example:
+
+    ```python
+    >>> write_sentence_transformers_files("out/my-e5", model.config, max_seq_length=256)
+    ```
+    """
+    if max_seq_length is None:
+        limit = getattr(config, "max_position_embeddings", None)
+        max_seq_length = min(DEFAULT_MAX_SEQ_LENGTH, limit) if limit else DEFAULT_MAX_SEQ_LENGTH
+    prompts = dict(DEFAULT_PROMPTS if prompts is None else prompts)
+    files = sentence_transformers_files(config.hidden_size, max_seq_length, prompts, config.pooling, config.normalize)
+    for rel, content in files.items():
+        path = os.path.join(folder, *rel.split("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(content, indent=2, ensure_ascii=False) + "\n")
+    if config.normalize:
+        os.makedirs(os.path.join(folder, "2_Normalize"), exist_ok=True)
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -135,6 +212,49 @@ class E5MistralModel(MistralModel):
                 "and save it with safetensors.torch.save_file or model.save_pretrained(...)."
             ) from err
 
+    def save_pretrained(
+        self,
+        save_directory,
+        is_main_process: bool = True,
+        *args,
+        max_seq_length: int | None = None,
+        sentence_transformers_prompts: dict[str, str] | None = None,
+        **kwargs,
+    ):
+        """Save like any transformers model, plus the Sentence-Transformers files.
+
+        The folder then loads in ``SentenceTransformer(folder)`` with this model's pooling and
+        normalisation (without those files Sentence-Transformers would silently mean-pool).
+
+        Args:
+            save_directory: the folder to write.
+            is_main_process: as for `PreTrainedModel.save_pretrained`; other processes write nothing.
+            max_seq_length: the Sentence-Transformers truncation length; defaults to 512 tokens, at
+                most ``config.max_position_embeddings``.
+            sentence_transformers_prompts: named prompts; defaults to :data:`DEFAULT_PROMPTS`.
+            *args, **kwargs: as for `PreTrainedModel.save_pretrained`.
+
+        Example:
+
+        ```python
+        >>> model.save_pretrained("out/my-e5"); tokenizer.save_pretrained("out/my-e5")
+        >>> SentenceTransformer("out/my-e5", trust_remote_code=True).encode(["hello"], prompt_name="document")
+        ```
+        """
+        if kwargs.get("push_to_hub"):
+            raise ValueError(
+                "E5MistralModel.save_pretrained(push_to_hub=True) would upload the folder without its "
+                "Sentence-Transformers files; save without push_to_hub and upload the folder, or call "
+                "model.push_to_hub(repo_id), which uploads them too."
+            )
+        result = super().save_pretrained(save_directory, is_main_process, *args, **kwargs)
+        should_save = getattr(self, "should_save_on_this_rank", None)  # transformers 5: rank 0 only
+        if should_save(is_main_process) if should_save is not None else is_main_process:
+            write_sentence_transformers_files(
+                save_directory, self.config, max_seq_length=max_seq_length, prompts=sentence_transformers_prompts
+            )
+        return result
+
     def pool(self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pool and (optionally) normalise: `(B, T, H), (B, T) -> (B, H)`."""
         if self.config.pooling == "mean":
@@ -210,4 +330,12 @@ class E5MistralModel(MistralModel):
         )
 
 
-__all__ = ["E5MistralModel", "E5MistralModelOutput", "last_token_pool", "mean_pool"]
+__all__ = [
+    "DEFAULT_PROMPTS",
+    "E5MistralModel",
+    "E5MistralModelOutput",
+    "last_token_pool",
+    "mean_pool",
+    "sentence_transformers_files",
+    "write_sentence_transformers_files",
+]

@@ -5,11 +5,35 @@ be EOS. Under transformers 5 the ``post_processor`` in ``tokenizer.json`` decide
 tokens are added (``add_eos_token`` in ``tokenizer_config.json`` alone can be ignored), so the
 contract lives there: :func:`ensure_eos` writes it, :func:`check_eos` verifies it, including that
 truncation keeps the EOS.
+
+Also the loading and length checks every entry point shares: :func:`load_tokenizer`,
+:func:`check_model_path` and :func:`clamp_max_length`.
 """
+
+import logging
+import os
+import re
 
 from tokenizers import processors
 
-__all__ = ["EOSContractError", "appends_eos", "check_eos", "check_pad_token", "ensure_eos"]
+from .errors import UserError
+
+__all__ = [
+    "EOSContractError",
+    "appends_eos",
+    "check_eos",
+    "check_model_path",
+    "check_pad_token",
+    "clamp_max_length",
+    "ensure_eos",
+    "load_tokenizer",
+]
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+# What the Hub accepts as a repo id: "name" or "owner/name" (letters, digits, "-", "_", ".").
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 _PROBE = "Embeddings end with an end-of-sequence token."
 
@@ -127,3 +151,92 @@ def check_pad_token(tokenizer, who: str) -> None:
             "choice; pooling reads the attention mask, so pad == eos is safe), or `e5mistral.ensure_eos(tokenizer)`, "
             "which sets it."
         )
+
+
+def check_model_path(name_or_path, what: str = "model") -> str:
+    """Return ``name_or_path`` as a str if it is an existing folder or reads as a Hub id.
+
+    A path that does not exist and cannot be a Hub id (``./x``, ``/abs/x``, ``~/x``, ``a/b/c``)
+    raises :class:`~e5mistral.errors.UserError` ``model folder ./x does not exist`` instead of the
+    Hub client's "Repo id must be in the form ..."; a file where a folder is expected raises too.
+    ``what`` names the argument in the message.
+
+    Example:
+
+    ```python
+    >>> check_model_path("intfloat/e5-mistral-7b-instruct")
+    'intfloat/e5-mistral-7b-instruct'
+    >>> check_model_path("./no-such-folder")
+    Traceback (most recent call last):
+    ...
+    e5mistral.errors.UserError: model folder ./no-such-folder does not exist; ...
+    ```
+    """
+    path = os.fspath(name_or_path)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise UserError(f"{what} {path} is a file, not a folder; pass the folder that holds config.json.")
+    if not _HUB_ID.fullmatch(path):
+        raise UserError(
+            f"{what} folder {path} does not exist; check the path (relative to {os.getcwd()}) or pass a "
+            "Hub id such as 'intfloat/e5-mistral-7b-instruct'."
+        )
+    return path
+
+
+def load_tokenizer(name_or_path, revision: str | None = None, **kwargs):
+    """``AutoTokenizer.from_pretrained`` with clear errors for a missing folder or tokenizer.
+
+    A local folder must hold a tokenizer (``tokenizer.json``, ``tokenizer.model`` or
+    ``tokenizer_config.json``); otherwise a :class:`~e5mistral.errors.UserError` names the folder
+    and the fix, instead of transformers' misleading "install sentencepiece or tiktoken".
+    ``kwargs`` (e.g. ``trust_remote_code``) go to ``AutoTokenizer.from_pretrained``.
+
+    Example:
+
+    ```python
+    >>> tokenizer = load_tokenizer("out/my-e5")
+    >>> load_tokenizer("out/weights-only")
+    Traceback (most recent call last):
+    ...
+    e5mistral.errors.UserError: model folder out/weights-only has no tokenizer (...); ...
+    ```
+    """
+    from transformers import AutoTokenizer
+
+    path = check_model_path(name_or_path)
+    if os.path.isdir(path) and not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        raise UserError(
+            f"model folder {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save it there with "
+            "tokenizer.save_pretrained(folder), or load the base model's tokenizer instead."
+        )
+    return AutoTokenizer.from_pretrained(path, revision=revision, **kwargs)
+
+
+def clamp_max_length(value: int, limit, name: str = "max_length") -> int:
+    """``value``, or the model's position limit when ``value`` is larger (with a warning).
+
+    ``limit`` is an int, a model config with ``max_position_embeddings``, a model (its
+    ``config``), or ``None`` (no limit known: ``value`` is returned). Texts longer than the model
+    has positions for are meaningless to it, and a too-large length lets long documents exhaust
+    memory, so the length used is capped; ``name`` names the setting in the warning.
+
+    Example:
+
+    ```python
+    >>> clamp_max_length(100_000, 1024, "passage_max_length")   # logs a warning
+    1024
+    >>> clamp_max_length(512, model.config)
+    512
+    ```
+    """
+    if limit is not None and not isinstance(limit, int):
+        config = getattr(limit, "config", limit)
+        limit = getattr(config, "max_position_embeddings", None)
+    if limit is None or value <= limit:
+        return value
+    logger.warning(
+        "%s=%d is larger than the model's max_position_embeddings=%d; using %d.", name, value, limit, limit
+    )
+    return limit

@@ -13,7 +13,7 @@ from transformers import AutoModel, AutoTokenizer, MistralConfig, MistralForCaus
 
 import e5mistral
 from e5mistral import E5Embedder, E5MistralConfig, E5MistralModel, last_token_pool, mean_pool
-from e5mistral.testing import make_tiny_model, make_tiny_tokenizer, tiny_config
+from e5mistral.testing import assert_close, make_tiny_model, make_tiny_tokenizer, tiny_config
 
 TEXTS = [
     "how tall is mont blanc",
@@ -62,16 +62,16 @@ def test_embeddings_match_published_card_code_path(tiny_folder, padding_side, te
     assert (batch["input_ids"][batch["attention_mask"].bool()] == tokenizer.eos_token_id).sum() == len(texts)
     with torch.no_grad():
         got = model(**batch).pooler_output
-    assert (got - expected).abs().max() < 1e-5
+    assert_close(got, expected, rtol=1e-5)
     # and through the length-sorted batch encoder, with a batch size that splits the input
     got = E5Embedder(model, tokenizer, batch_size=2).encode(texts)
-    assert (got - expected).abs().max() < 1e-5
+    assert_close(got, expected, rtol=1e-5)
 
 
 def test_embeddings_same_for_either_padding_side(tiny_folder):
     left = card_embed(tiny_folder, TEXTS, "left")
     right = card_embed(tiny_folder, TEXTS, "right")
-    assert (left - right).abs().max() < 1e-5
+    assert_close(left, right, rtol=1e-5)
 
 
 def test_last_token_pool_against_loop():
@@ -91,7 +91,7 @@ def test_mean_pool_against_loop():
     hidden = torch.randn(2, 4, 3)
     mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]])
     expected = torch.stack([hidden[0, :2].mean(0), hidden[1, 1:].mean(0)])
-    assert torch.allclose(mean_pool(hidden, mask), expected, atol=1e-6)
+    assert_close(mean_pool(hidden, mask), expected, rtol=1e-5)
 
 
 def test_output_is_typed_with_shapes():
@@ -102,7 +102,7 @@ def test_output_is_typed_with_shapes():
     assert isinstance(out, e5mistral.E5MistralModelOutput)
     assert out.last_hidden_state.shape == (*batch["input_ids"].shape, model.config.hidden_size)
     assert out.pooler_output.shape == (len(TEXTS), model.config.hidden_size)
-    assert torch.allclose(out.pooler_output.norm(dim=-1), torch.ones(len(TEXTS)), atol=1e-5)
+    assert_close(out.pooler_output.norm(dim=-1), torch.ones(len(TEXTS)), rtol=1e-5)
 
 
 def test_mean_pooling_and_no_normalisation_options():
@@ -125,14 +125,14 @@ def test_same_embeddings_from_every_loader(tiny_folder, tmp_path):
 
     auto = AutoModel.from_pretrained(tiny_folder)  # registered by `import e5mistral`
     assert type(auto) is E5MistralModel
-    assert (E5Embedder(auto, tokenizer).encode(TEXTS) - reference).abs().max() < 1e-6
+    assert_close(E5Embedder(auto, tokenizer).encode(TEXTS), reference, rtol=1e-6)
 
     st = SentenceTransformer(str(tiny_folder), trust_remote_code=True, device="cpu")
     st_emb = st.encode(TEXTS, convert_to_tensor=True, prompt_name="document")
-    assert (st_emb - reference).abs().max() < 1e-5
+    assert_close(st_emb, reference, rtol=1e-5)
     st_query = st.encode(TEXTS[:2], convert_to_tensor=True, prompt_name="query")
     ours_query = E5Embedder(auto, tokenizer).encode_queries(TEXTS[:2], instruction="web_search")
-    assert (st_query - ours_query).abs().max() < 1e-5
+    assert_close(st_query, ours_query, rtol=1e-5)
 
     # A fresh process where `e5mistral` cannot be imported: only the folder's own code runs.
     out = tmp_path / "remote.pt"
@@ -158,7 +158,7 @@ def test_same_embeddings_from_every_loader(tiny_folder, tmp_path):
     )
     env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HF_HOME": str(tmp_path / "hf")}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=tmp_path, timeout=300)
-    assert (torch.load(out) - reference).abs().max() < 1e-5
+    assert_close(torch.load(out), reference, rtol=1e-5)
 
 
 def test_saved_folder_layout(tiny_folder):
@@ -188,7 +188,7 @@ def test_saved_folder_layout(tiny_folder):
                 roots |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
                 roots.add("." * node.level + (node.module or "").split(".")[0])
-        assert roots <= {"dataclasses", "torch", "transformers", ".configuration_e5mistral"}, roots
+        assert roots <= {"dataclasses", "json", "os", "torch", "transformers", ".configuration_e5mistral"}, roots
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,7 +262,7 @@ def test_truncation_keeps_eos():
     emb = E5Embedder(make_tiny_model(tokenizer), tokenizer, max_length=16)
     long_and_cut = emb.encode([TEXTS[1] * 10])
     expected = emb.encode([tokenizer.decode(ids[1:-1])])
-    assert (long_and_cut - expected).abs().max() < 1e-5
+    assert_close(long_and_cut, expected, rtol=1e-5)
 
 
 def test_ensure_eos_on_llama_style_tokenizer(tmp_path):

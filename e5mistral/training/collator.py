@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor
 
 from e5mistral.instructions import format_query
-from e5mistral.tokenization import check_eos, check_pad_token
+from e5mistral.tokenization import check_eos, check_pad_token, clamp_max_length
 from e5mistral.training.loss import text_ids
 
 __all__ = ["E5Collator"]
@@ -33,6 +33,9 @@ class E5Collator:
         query_max_length: truncation length of queries, EOS included.
         passage_max_length: truncation length of documents, EOS included.
         num_negatives: hard negatives per row (recipe: 1), None for all.
+        max_position_embeddings: the model's position limit (``model.config.max_position_embeddings``);
+            when given, larger max lengths are capped at it with a warning (see
+            :func:`e5mistral.tokenization.clamp_max_length`).
 
     Example:
         >>> from e5mistral.testing import make_tiny_tokenizer
@@ -47,10 +50,14 @@ class E5Collator:
     query_max_length: int = 512
     passage_max_length: int = 512
     num_negatives: int | None = 1
+    max_position_embeddings: int | None = None
 
     def __post_init__(self) -> None:
         check_eos(self.tokenizer)
         check_pad_token(self.tokenizer, "E5Collator")
+        limit = self.max_position_embeddings
+        self.query_max_length = clamp_max_length(self.query_max_length, limit, "query_max_length")
+        self.passage_max_length = clamp_max_length(self.passage_max_length, limit, "passage_max_length")
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not rows:
