@@ -204,6 +204,7 @@ def mine_hard_negatives(
     _write_json_atomic(state_path, state)
 
     stats = MiningStats(corpus_size=len(corpus), rows_resumed=state.get("rows_done", 0))
+    default_instruction = get_instruction(instruction)  # a mistyped name fails before the corpus is embedded
     emb = _embed_corpus(embedder, corpus, work, config.block_size, state)  # (N, D) memory map
     by_text: dict[str, list[int]] = defaultdict(list)
     for j, text in enumerate(corpus):
@@ -212,7 +213,6 @@ def mine_hard_negatives(
     rows_done = state.get("rows_done", 0)
     with output.open("ab") as f:
         f.truncate(state.get("output_bytes", 0))  # drop a chunk half-written before a crash
-    default_instruction = get_instruction(instruction)
     for start in range(rows_done, len(rows), config.chunk_size):
         chunk = [rows[i] for i in range(start, min(start + config.chunk_size, len(rows)))]
         instructions = [get_instruction(row.get("instruction") or default_instruction) for row in chunk]

@@ -94,7 +94,7 @@ def test_loading_files_folders_and_mixtures(tmp_path):
                     "positive": f"pb{i}",
                     "negatives": [],
                     "task": "tb",
-                    "instruction": "Find",
+                    "instruction": "Find the passage",
                     "language": "de",
                 }
                 for i in range(10)

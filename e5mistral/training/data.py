@@ -1,6 +1,6 @@
 """Training rows from the Hub, local files or folders, or a mixture of them, checked against the schema.
 
-Schema (DESIGN.md): ``query`` (str), ``positive`` (str), ``negatives`` (list[str], possibly empty),
+Schema (the README's "Training" section): ``query`` (str), ``positive`` (str), ``negatives`` (list[str], possibly empty),
 ``instruction`` (str, "" = none), ``task`` (str), ``language`` (str). Only ``query`` and
 ``positive`` are required: a single ``negative`` column (str) becomes ``negatives``, a missing
 ``negatives`` is ``[]``, a missing ``task`` is the source's name (so same-task batches separate
@@ -9,8 +9,10 @@ sources), a missing ``instruction`` or ``language`` is "".
 A source is one of:
 
 - ``sample``: the bundled synthetic sample (:func:`e5mistral.synthetic.load_sample_training_rows`);
-- a local ``.json``/``.jsonl``/``.parquet`` file, or a folder holding such files (split by their
-  names as on the Hub, ``train-*``/``validation-*``/``test-*``; all of them when none is named so);
+- a local ``.json``/``.jsonl``/``.parquet`` file, or a folder holding such files, read as
+  ``load_dataset(folder)`` reads it on the Hub (split by file names, ``train.jsonl``,
+  ``data/<config>/train-*.parquet``, a card's ``configs:``); a folder whose file names name no
+  split serves every split whole;
 - a Hub dataset id (``owner/name``), with an optional configuration name.
 
 A mixture is ``"a=0.7,b=0.3"``: ratios are normalised to shares of the result, and the result is
@@ -21,17 +23,32 @@ first ``round(share * N)`` shuffled rows of each source are kept.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import datasets
-from datasets import Dataset
+from datasets import Dataset, Features, Sequence, Value
 
-__all__ = ["SCHEMA_COLUMNS", "load_rows", "load_training_data", "parse_mixture", "validate_rows"]
+from e5mistral.errors import UserError
+
+__all__ = ["SCHEMA_COLUMNS", "SCHEMA_FEATURES", "load_rows", "load_training_data", "parse_mixture", "validate_rows"]
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_COLUMNS = ("query", "positive", "negatives", "instruction", "task", "language")
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# Every source is cast to these types, so a mixture never depends on the order of its sources or on
+# what a source's first rows let pyarrow infer (an all-empty `negatives` column is list<null>).
+SCHEMA_FEATURES = Features(
+    {
+        "query": Value("string"),
+        "positive": Value("string"),
+        "negatives": Sequence(Value("string")),
+        "instruction": Value("string"),
+        "task": Value("string"),
+        "language": Value("string"),
+    }
+)
 
 
 def parse_mixture(spec: str) -> list[tuple[str, float | None]]:
@@ -46,22 +63,22 @@ def parse_mixture(spec: str) -> list[tuple[str, float | None]]:
     sources = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
-            raise ValueError(f"dataset_name={spec!r} has an empty entry; write `a=0.7,b=0.3` or a single source.")
+            raise UserError(f"dataset_name={spec!r} has an empty entry; write `a=0.7,b=0.3` or a single source.")
         name, sep, ratio = part.rpartition("=") if "=" in part else (part, "", "")
         if sep:
             try:
                 value = float(ratio)
             except ValueError:
-                raise ValueError(
+                raise UserError(
                     f"dataset_name entry {part!r}: ratio {ratio!r} is not a number; write `{name}=0.5`."
                 ) from None
             if not value > 0:
-                raise ValueError(f"dataset_name entry {part!r}: ratio must be > 0.")
+                raise UserError(f"dataset_name entry {part!r}: ratio must be > 0.")
             sources.append((name.strip(), value))
         else:
             sources.append((part, None))
     if len(sources) > 1 and any(r is None for _, r in sources) and not all(r is None for _, r in sources):
-        raise ValueError(f"dataset_name={spec!r}: give a ratio to every source of the mixture or to none.")
+        raise UserError(f"dataset_name={spec!r}: give a ratio to every source of the mixture or to none.")
     return sources
 
 
@@ -73,46 +90,95 @@ def load_rows(source: str, split: str = "train", config: str | None = None) -> D
         >>> rows.column_names
         ['query', 'positive', 'negatives', 'instruction', 'task', 'language']
     """
-    path = Path(source)
+    path = Path(source).expanduser()
     if source == "sample" and not path.exists():
         from e5mistral.synthetic import load_sample_training_rows
 
         dataset = Dataset.from_list(load_sample_training_rows())
     elif path.is_file():
-        if path.suffix not in _BUILDERS:
-            raise ValueError(
-                f"dataset file {source!r}: unsupported extension {path.suffix!r}; use .json, .jsonl or .parquet."
-            )
-        dataset = datasets.load_dataset(_BUILDERS[path.suffix], data_files=str(path), split="train")
+        dataset = _load_file(path)
     elif path.is_dir():
-        files = _split_files(path, split)
-        builders = {_BUILDERS[Path(f).suffix] for f in files}
-        if not files or len(builders) > 1:
-            raise ValueError(
-                f"dataset folder {source!r} holds {len(files)} data files of kinds {sorted(builders)}; it needs "
-                ".json/.jsonl or .parquet files (one kind)."
-            )
-        dataset = datasets.load_dataset(builders.pop(), data_files=files, split="train")
+        dataset = _load_folder(path, split, config)
+    elif _looks_like_a_path(source):
+        raise UserError(
+            f"dataset {source!r}: no such file or folder; check the path (a Hub dataset id is written owner/name)."
+        )
     else:
-        dataset = datasets.load_dataset(source, config, split=split)
+        try:
+            dataset = datasets.load_dataset(source, config, split=split)
+        except (OSError, ValueError, ConnectionError) as error:  # not found, offline, gated, unknown split
+            raise UserError(
+                f"dataset {source!r} could not be loaded from the Hub ({type(error).__name__}: {_first_line(error)}); "
+                "check the id, the network and HF_TOKEN, or pass a local file or folder."
+            ) from None
+    if len(dataset) == 0:
+        raise UserError(f"dataset {source!r} (split {split!r}) has no rows; add rows or point at another source.")
     return validate_rows(dataset, source)
 
 
-def _split_files(folder: Path, split: str) -> list[str]:
-    """The data files of ``split`` in a local folder, named as on the Hub (``train-*.parquet``,
-    ``data/validation.jsonl``, ...); a folder with no split names serves every split whole."""
-    from datasets.data_files import get_data_patterns, resolve_pattern
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
-    patterns = get_data_patterns(str(folder))
-    if list(patterns) == ["train"] and patterns["train"] == ["**"]:  # no split in any file name
-        return sorted(str(f) for f in folder.rglob("*") if f.suffix in _BUILDERS)
-    if split not in patterns:
-        raise ValueError(
-            f"dataset folder {str(folder)!r} has the splits {[str(s) for s in patterns]} (from its file names), "
-            f"not {split!r}."
+
+def _looks_like_a_path(source: str) -> bool:
+    """A name that can only be a local path: a data-file extension, ./ ../ / ~, or more than one slash."""
+    return (
+        Path(source).suffix in _BUILDERS
+        or source.startswith((".", "/", "~"))
+        or source.count("/") > 1
+        or os.sep != "/" and os.sep in source
+    )
+
+
+def _load_file(path: Path) -> Dataset:
+    if path.suffix not in _BUILDERS:
+        raise UserError(
+            f"dataset file {str(path)!r}: unsupported extension {path.suffix!r}; use .json, .jsonl or .parquet."
         )
-    found = {f for pattern in patterns[split] for f in resolve_pattern(pattern, str(folder))}
-    return sorted(f for f in found if Path(f).suffix in _BUILDERS)
+    if path.stat().st_size == 0 or (path.suffix != ".parquet" and not path.read_bytes().strip()):
+        raise UserError(f"dataset file {str(path)!r} is empty; write one JSON object per line, or fix the path.")
+    builder = _BUILDERS[path.suffix]
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train")
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = error.__cause__ or error
+        what = "JSON (one object per line for .jsonl)" if builder == "json" else "Parquet"
+        raise UserError(
+            f"dataset file {str(path)!r} is not valid {what}: {_first_line(cause)}; fix the file or its extension."
+        ) from None
+
+
+def _load_folder(folder: Path, split: str, config: str | None) -> Dataset:
+    """A local folder read as the Hub reads a dataset repository; with no split in any file name, every
+    split is the whole folder."""
+    from datasets.data_files import get_data_patterns
+
+    try:
+        patterns = get_data_patterns(str(folder))
+    except FileNotFoundError:
+        raise UserError(
+            f"dataset folder {str(folder)!r} holds no .json/.jsonl/.parquet files; point at the folder of the rows."
+        ) from None
+    named_splits = not (list(patterns) == ["train"] and patterns["train"] == ["**"])
+    try:
+        return datasets.load_dataset(str(folder), config, split=split if named_splits else "train")
+    except ValueError as error:
+        message = str(error)
+        if "Unknown split" in message or "Bad split" in message:
+            splits = [str(s) for s in patterns]
+            raise UserError(
+                f"dataset folder {str(folder)!r} has the splits {splits} (from its file names), not {split!r}; "
+                "pick one of them."
+            ) from None
+        if "Config name is missing" in message or "BuilderConfig" in message:
+            raise UserError(f"dataset folder {str(folder)!r}: {_first_line(error)}; pass its dataset_config.") from None
+        raise
+    except datasets.exceptions.DatasetGenerationError as error:
+        raise UserError(
+            f"dataset folder {str(folder)!r}: a data file cannot be read ({_first_line(error.__cause__ or error)}); "
+            "fix or remove it."
+        ) from None
 
 
 def validate_rows(dataset: Dataset, source: str = "dataset") -> Dataset:
@@ -120,12 +186,12 @@ def validate_rows(dataset: Dataset, source: str = "dataset") -> Dataset:
     columns = set(dataset.column_names)
     for name in ("query", "positive"):
         if name not in columns:
-            raise ValueError(
+            raise UserError(
                 f"{source}: required column {name!r} is missing (columns: {sorted(columns)}); rename the column "
                 f"holding the {'query text' if name == 'query' else 'relevant document'} to {name!r}."
             )
     if "negatives" in columns and "negative" in columns:
-        raise ValueError(f"{source}: has both 'negative' and 'negatives' columns; keep one.")
+        raise UserError(f"{source}: has both 'negative' and 'negatives' columns; keep one.")
     if "negative" in columns:
         dataset = dataset.map(
             lambda row: {"negatives": [] if row["negative"] is None else [row["negative"]]}, remove_columns=["negative"]
@@ -148,10 +214,17 @@ def validate_rows(dataset: Dataset, source: str = "dataset") -> Dataset:
             else:
                 ok, expected = isinstance(value, str), "a string"
             if not ok:
-                raise ValueError(
+                raise UserError(
                     f"{source}: column {name!r}, row {row}: expected {expected}, got {value!r}; fix or drop the row."
                 )
-    return dataset.select_columns(list(SCHEMA_COLUMNS))
+    from e5mistral.instructions import get_instruction
+
+    for text in set(dataset["instruction"]):
+        try:
+            get_instruction(text)  # a mistyped instruction name fails here, not mid-training
+        except UserError as error:
+            raise UserError(f"{source}: column 'instruction': {error}") from None
+    return dataset.select_columns(list(SCHEMA_COLUMNS)).cast(SCHEMA_FEATURES)
 
 
 def load_training_data(spec: str, split: str = "train", config: str | None = None, seed: int = 0) -> Dataset:
@@ -171,5 +244,4 @@ def load_training_data(spec: str, split: str = "train", config: str | None = Non
         size = min(len(d) / s for d, s in zip(loaded, shares))  # largest mixture with no row repeated
         loaded = [d.select(range(min(len(d), round(s * size)))) for d, s in zip(loaded, shares)]
         logger.info("dataset mixture: " + ", ".join(f"{n}: {len(d)} rows" for (n, _), d in zip(sources, loaded)))
-    features = loaded[0].features
-    return datasets.concatenate_datasets([d.cast(features) for d in loaded]).shuffle(seed=seed)
+    return datasets.concatenate_datasets(loaded).shuffle(seed=seed)

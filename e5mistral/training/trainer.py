@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -27,10 +29,12 @@ from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import speed_metrics
 
 from e5mistral.encoding import E5Embedder
+from e5mistral.errors import UserError
 from e5mistral.evaluation.metrics import retrieval_metrics
 from e5mistral.evaluation.retrieval import exact_search
 from e5mistral.instructions import format_query
@@ -41,7 +45,7 @@ from e5mistral.training.gradcache import embed_length_sorted, grad_cache
 from e5mistral.training.loss import gather_documents, info_nce
 from e5mistral.training.sampler import E5BatchSampler
 
-__all__ = ["E5Trainer"]
+__all__ = ["E5Trainer", "StopOnInterrupt"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +92,17 @@ class E5Trainer(Trainer):
             )
         if processing_class is None:
             raise ValueError("E5Trainer needs the tokenizer: pass processing_class=tokenizer.")
+        # Texts are cut at the model's positions (a longer max length is clamped, with a warning).
+        max_positions = getattr(model.config, "max_position_embeddings", None)
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
         if data_collator is None:
             data_collator = E5Collator(
-                processing_class, args.query_max_length, args.passage_max_length, args.num_negatives
+                processing_class,
+                args.query_max_length,
+                args.passage_max_length,
+                args.num_negatives,
+                max_position_embeddings=max_positions,
             )
         super().__init__(
             model=model,
@@ -105,6 +115,11 @@ class E5Trainer(Trainer):
         )
         self._train_accuracy: list[torch.Tensor] = []
         self._warned_batch_of_one = False
+        # One readable line per log instead of a dict of strings (PrinterCallback's, or the bar's write).
+        if self.pop_callback(PrinterCallback) is not None:
+            self.add_callback(LogLinePrinter())
+        elif self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(LogLineProgress())
 
     # ---- data ----
 
@@ -114,7 +129,9 @@ class E5Trainer(Trainer):
 
     def get_train_dataloader(self) -> DataLoader:
         if not (self.args.no_duplicates_in_batch or self.args.same_task_batches):
-            return super().get_train_dataloader()
+            loader = super().get_train_dataloader()
+            self._check_batches(len(loader), len(self.train_dataset))
+            return loader
         dataset = self._remove_unused_columns(self.train_dataset, description="training")
         texts = None
         if self.args.no_duplicates_in_batch:
@@ -128,6 +145,7 @@ class E5Trainer(Trainer):
             same_task=self.args.same_task_batches,
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
+        self._check_batches(len(sampler), len(dataset))
         loader = DataLoader(
             dataset,
             batch_sampler=sampler,
@@ -136,6 +154,24 @@ class E5Trainer(Trainer):
             pin_memory=self.args.dataloader_pin_memory,
         )
         return self.accelerator.prepare(loader)
+
+    def _check_batches(self, num_batches: int, num_rows: int) -> None:
+        """Refuse a run that would train 0 steps (and save the untrained model as if trained)."""
+        if num_batches > 0:
+            return
+        args = self.args
+        global_batch = args.per_device_train_batch_size * args.world_size
+        shaped = [
+            name for name in ("no_duplicates_in_batch", "same_task_batches", "dataloader_drop_last") if getattr(args, name)
+        ]
+        raise UserError(
+            f"no full training batch can be formed: {num_rows} training rows, global batch {global_batch} "
+            f"(per_device_train_batch_size={args.per_device_train_batch_size} x {args.world_size} processes)"
+            + (f" with {', '.join(shaped)}" if shaped else "")
+            + ", so training would run 0 steps. Lower per_device_train_batch_size, add rows"
+            + (f", or turn off {' / '.join(shaped)}" if shaped else "")
+            + "."
+        )
 
     # ---- loss ----
 
@@ -289,6 +325,7 @@ class E5Trainer(Trainer):
         """
         from e5mistral.export import save_model_folder
         from e5mistral.modeling_e5mistral import E5MistralModel
+        from e5mistral.tokenization import clamp_max_length
 
         output_dir = Path(output_dir or self.args.output_dir)
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -310,8 +347,105 @@ class E5Trainer(Trainer):
                 merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
             else:
                 merged = E5MistralModel.from_pretrained(str(staging), dtype=dtype)
-            save_model_folder(merged, self.processing_class, output_dir, max_seq_length=self.args.passage_max_length)
+            max_seq_length = clamp_max_length(self.args.passage_max_length, merged.config, "passage_max_length")
+            save_model_folder(merged, self.processing_class, output_dir, max_seq_length=max_seq_length)
             if not (is_peft and self.args.keep_adapter):
                 shutil.rmtree(staging)
         self.accelerator.wait_for_everyone()
         return output_dir
+
+
+class StopOnInterrupt(TrainerCallback):
+    """Ctrl-C stops training cleanly: the step in progress finishes, a checkpoint is saved, ``train`` returns.
+
+    A second Ctrl-C interrupts at once (``KeyboardInterrupt``), losing the step in progress. With
+    several processes the request is shared at each step end, so all processes stop at the same
+    step and save the same checkpoint. After ``train`` returns, ``stopped_at`` is the step saved
+    (``None`` when training was not interrupted).
+
+    Example:
+        >>> stop = StopOnInterrupt(trainer.accelerator)  # doctest: +SKIP
+        >>> trainer.add_callback(stop); trainer.train()  # doctest: +SKIP
+        >>> if stop.stopped_at is not None: print(f"saved checkpoint-{stop.stopped_at}")  # doctest: +SKIP
+    """
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+        self.requested = False
+        self.stopped_at: int | None = None
+        self._previous = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.accelerator.is_main_process:
+            print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once).", flush=True)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        flag = torch.tensor([int(self.requested)], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="sum")
+        if flag.item():
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+_SHOWN_EVAL = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
+
+
+def format_log_line(logs: dict, state) -> str:
+    """One line for a log: ``step 10/42  loss 14.66  accuracy 0.0375  lr 8.92e-04``, or the eval metrics.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> format_log_line({"loss": 3.4104, "learning_rate": 6.2e-4, "epoch": 2.86}, SimpleNamespace(global_step=20, max_steps=42))
+        'step 20/42  epoch 2.86  loss 3.410  lr 6.20e-04'
+    """
+    head = f"step {state.global_step}/{state.max_steps}" if state.max_steps else "before training"
+    if any(key.startswith("eval_") for key in logs):
+        shown = [f"{name} {logs['eval_' + name]:.4f}" for name in _SHOWN_EVAL if "eval_" + name in logs]
+        return f"{head}  eval: " + "  ".join(shown)
+    if "train_runtime" in logs:
+        return (
+            f"{head}  done in {logs['train_runtime']:.1f} s ({logs.get('train_samples_per_second', 0):.1f} rows/s), "
+            f"mean loss {logs.get('train_loss', float('nan')):.3f}"
+        )
+    parts = [head]
+    if "epoch" in logs:
+        parts.append(f"epoch {logs['epoch']:.2f}")
+    for key, label, spec in (("loss", "loss", ".3f"), ("accuracy", "accuracy", ".3f"), ("grad_norm", "grad_norm", ".3g")):
+        if key in logs:
+            parts.append(f"{label} {logs[key]:{spec}}")
+    if "learning_rate" in logs:
+        parts.append(f"lr {logs['learning_rate']:.2e}")
+    parts += [f"{k} {v}" for k, v in logs.items() if k not in ("epoch", "loss", "accuracy", "grad_norm", "learning_rate")]
+    return "  ".join(parts)
+
+
+class LogLinePrinter(PrinterCallback):
+    """`PrinterCallback` (no progress bar) printing :func:`format_log_line`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            print(format_log_line(logs, state), flush=True)
+
+
+class LogLineProgress(ProgressCallback):
+    """`ProgressCallback` (the tqdm bar) writing :func:`format_log_line` above the bar."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            line = format_log_line(logs, state)
+            (self.training_bar.write if self.training_bar is not None else print)(line)
