@@ -229,7 +229,7 @@ def non_embedding_parameters(model) -> int:
 
 
 def make_rows(n: int, seed: int = 0, short: bool = False) -> list[dict]:
-    """``n`` deterministic training rows (DESIGN.md schema) of realistic, varied lengths.
+    """``n`` deterministic training rows (the README's "Training" schema) of realistic, varied lengths.
 
     Words come from the bundled tokenizer corpus (about 2.6 tiny-tokenizer tokens per word);
     queries are 3-15 words after an instruction (~37 tokens), documents log-normal around a median

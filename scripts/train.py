@@ -37,14 +37,15 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
-from trl import ModelConfig, TrlParser, get_peft_config
+from trl import ModelConfig, TrlParser
 
 from e5mistral import E5MistralModel, ensure_eos, format_query
 from e5mistral.errors import UserError, run_command
 from e5mistral.training.arguments import E5ModelConfig, E5ScriptArguments, E5TrainingArguments
 from e5mistral.training.data import load_training_data
-from e5mistral.training.trainer import E5Trainer, StopOnInterrupt
+
+# The trainer (and peft, which transformers.trainer_utils pulls in) are imported in main(), so that
+# --help and argument errors answer in about as long as importing torch and transformers takes.
 
 SHOWN_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
 DATACLASSES = (E5ScriptArguments, E5TrainingArguments, E5ModelConfig)
@@ -128,6 +129,8 @@ def load_datasets(script_args: E5ScriptArguments, training_args: E5TrainingArgum
 def resolve_resume(training_args: E5TrainingArguments) -> str | None:
     """The checkpoint to resume from: the one named, the last in ``output_dir`` for ``true`` or when unset
     (a rerun of a killed command continues it), ``None`` for ``false`` (start again from step 0)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     value = training_args.resume_from_checkpoint
     if value is not None and str(value).lower() in ("false", "no", "none", "0"):
         return None
@@ -180,6 +183,9 @@ def show_similarities(folder: Path, dev, n: int = 3) -> None:
 def main(script_args: E5ScriptArguments, training_args: E5TrainingArguments, model_args: E5ModelConfig) -> int:
     import datasets
     from transformers.utils import logging as hf_logging
+    from trl import get_peft_config
+
+    from e5mistral.training.trainer import E5Trainer, StopOnInterrupt
 
     set_seed(training_args.seed)
     datasets.disable_progress_bars()  # row checks take milliseconds here; their bars were noise

@@ -37,7 +37,7 @@ SAMPLE_LOG = str(resources.files("e5mistral") / "data" / "sample_generations.jso
 
 
 def training_rows_from_log(log_path: str | os.PathLike, kinds=KINDS) -> list[dict[str, Any]]:
-    """Training rows (DESIGN.md schema) of every kind in a generation log, kind by kind, in
+    """Training rows (the schema in the README's "Training" section) of every kind in a generation log, kind by kind, in
     request order, exact duplicates dropped.
 
     Example:

@@ -29,7 +29,7 @@ import datasets
 
 KINDS: tuple[str, ...] = ("short_long", "long_short", "short_short", "long_long", "sts", "bitext")
 
-# The JSON fields the LLM returns for one example of each kind (RECIPE.md section 1).
+# The JSON fields the LLM returns for one example of each kind (the paper's appendix, as listed in the README's "Synthetic data").
 OUTPUT_FIELDS: dict[str, tuple[str, ...]] = {
     "short_long": ("user_query", "positive_document", "hard_negative_document"),
     "long_short": ("input_text", "label", "misleading_label"),

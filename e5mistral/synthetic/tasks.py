@@ -4,7 +4,7 @@ Each kind has at least two wordings for each step; a request draws one at random
 four asymmetric kinds (`short_long`, `long_short`, `short_short`, `long_long`) first brainstorm
 task definitions (step 1), then write one JSON example for one of them in a fresh conversation
 (step 2). `sts` and `bitext` have a fixed task and skip step 1. The prompts are this project's
-own wording with the recipe's fields, placeholders and value sets (RECIPE.md section 1).
+own wording with the recipe's fields, placeholders and value sets (the paper's appendix; the README's "Synthetic data" section).
 
 Conversion to training rows (query -> positive, negatives), per kind:
 
@@ -416,7 +416,7 @@ def validate_example(kind: str, answer: Any) -> dict[str, str]:
 
 
 def to_training_row(kind: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    """Convert one dataset row (a config's columns) into the training-row schema of DESIGN.md:
+    """Convert one dataset row (a config's columns) into the training-row schema (the README's "Training" section):
     query, positive, negatives, instruction, task, language. See the module docstring table.
 
     Example:
