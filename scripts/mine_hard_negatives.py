@@ -21,7 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
+
+from e5mistral.errors import UserError, run_command
+from e5mistral.instructions import get_instruction
 
 logger = logging.getLogger("mine_hard_negatives")
 
@@ -69,13 +73,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _read_rows(path: str, query_field: str, positive_field: str):
-    from datasets import load_dataset
+    from e5mistral.training.data import read_data_file
 
-    suffix = Path(path).suffix.lower()
-    builder = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(suffix)
-    if builder is None:
-        raise SystemExit(f"--pairs {path!r}: unknown file type {suffix!r}; use .jsonl, .json or .parquet.")
-    rows = load_dataset(builder, data_files=path, split="train")
+    if not Path(path).is_file():
+        raise UserError(f"--pairs {path!r}: no such file; give a .jsonl, .json or .parquet file of pairs.")
+    rows = read_data_file(path)
     for field, flag in ((query_field, "--query-field"), (positive_field, "--positive-field")):
         if field not in rows.column_names:
             raise SystemExit(f"{flag} {field!r} is not a column of {path} (columns: {rows.column_names}).")
@@ -125,6 +127,7 @@ def _beir_rows(folder: str, split: str):
 def main(argv: list[str] | None = None):
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    get_instruction(args.instruction)  # a mistyped instruction name fails now, not after loading the model
     from e5mistral.mining import MiningConfig, mine_hard_negatives
 
     try:
@@ -176,4 +179,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

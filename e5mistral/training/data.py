@@ -31,7 +31,15 @@ from datasets import Dataset, Features, Sequence, Value
 
 from e5mistral.errors import UserError
 
-__all__ = ["SCHEMA_COLUMNS", "SCHEMA_FEATURES", "load_rows", "load_training_data", "parse_mixture", "validate_rows"]
+__all__ = [
+    "SCHEMA_COLUMNS",
+    "SCHEMA_FEATURES",
+    "load_rows",
+    "load_training_data",
+    "parse_mixture",
+    "read_data_file",
+    "validate_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +104,7 @@ def load_rows(source: str, split: str = "train", config: str | None = None) -> D
 
         dataset = Dataset.from_list(load_sample_training_rows())
     elif path.is_file():
-        dataset = _load_file(path)
+        dataset = read_data_file(path)
     elif path.is_dir():
         dataset = _load_folder(path, split, config)
     elif _looks_like_a_path(source):
@@ -131,7 +139,15 @@ def _looks_like_a_path(source: str) -> bool:
     )
 
 
-def _load_file(path: Path) -> Dataset:
+def read_data_file(path: str | os.PathLike) -> Dataset:
+    """One local .json/.jsonl/.parquet file as a `Dataset`, as it is (no schema): empty, unreadable or
+    mis-typed files are one clear `UserError`.
+
+    Example:
+        >>> read_data_file("pairs.jsonl").column_names  # doctest: +SKIP
+        ['question', 'answer']
+    """
+    path = Path(path)
     if path.suffix not in _BUILDERS:
         raise UserError(
             f"dataset file {str(path)!r}: unsupported extension {path.suffix!r}; use .json, .jsonl or .parquet."
