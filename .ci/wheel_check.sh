@@ -40,7 +40,7 @@ echo "== a generation against a loopback server"
 server_pid=$!
 for _ in $(seq 100); do [ -s "$work/server.url" ] && break; sleep 0.2; done
 url=$(head -1 "$work/server.url")
-"$py" "$repo/scripts/generate_data.py" --base-url "$url" --model scripted --examples-per-kind 2 --languages en \
+"$py" "$repo/scripts/generate_data.py" --base-url "$url" --model scripted --examples-per-kind 2 --languages en,de \
     --no-progress --output "$work/synthetic"
 test -f "$work/synthetic/README.md"
 "$py" -c "import datasets, sys; rows = datasets.load_dataset(sys.argv[1], 'sts', split='train'); assert len(rows) > 0, rows; print(f'load_dataset: {len(rows)} sts rows')" "$work/synthetic"

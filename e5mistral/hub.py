@@ -1,6 +1,7 @@
 """Publish to the Hugging Face Hub: stage the exact upload folder, render the model card, push.
 
-The model card is ``model_card.md`` (a Jinja template at the repository root) rendered with
+The model card is ``model_card.md`` (a Jinja template in ``e5mistral/templates/``, linked from the
+repository root) rendered with
 ``huggingface_hub.ModelCard.from_template`` from what the run left on disk -- nothing is typed in
 by hand, and a field without data is left out of the card:
 
@@ -42,24 +43,30 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from .errors import UserError
 
 __all__ = [
     "DEFAULT_MODEL_CARD_TEMPLATE",
     "collect_model_info",
     "export_dataset_folder",
     "export_model_folder",
+    "hub_errors_as_user_errors",
+    "network_errors",
     "push_folder",
     "render_model_card",
+    "require_hub_token",
     "staged_push",
 ]
 
 logger = logging.getLogger(__name__)
 
-# model_card.md at the repository root; pass template_path= when installed without the source tree.
-DEFAULT_MODEL_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+# Shipped inside the package (the repository root's model_card.md links to it), so installs have it.
+DEFAULT_MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent / "templates" / "model_card.md"
 
 MODEL_FILES = (
     "*.safetensors",
@@ -279,7 +286,7 @@ def render_model_card(
         model_dir: the saved model folder.
         repo_id: the Hub id the card's usage snippets load from.
         results: a results JSON path or dict from ``scripts/evaluate.py``; becomes ``model-index``.
-        template_path: defaults to ``model_card.md`` at the repository root.
+        template_path: defaults to the packaged ``e5mistral/templates/model_card.md``.
         license: a Hub license id; left out of the card when not given.
         info_sources: ``training_args=``, ``trainer_state=``, ``training_info=`` for
             :func:`collect_model_info`.
@@ -314,7 +321,7 @@ def render_model_card(
     template = Path(template_path) if template_path else DEFAULT_MODEL_CARD_TEMPLATE
     if not template.is_file():
         raise FileNotFoundError(
-            f"model card template {template} not found; pass template_path= (the repository's model_card.md)."
+            f"model card template {template} not found; pass template_path= (e5mistral/templates/model_card.md)."
         )
     beir = results.get("beir") or {}
     beir_metrics = [m for m in BEIR_CARD_METRICS if any(m in r["metrics"] for r in beir.values())]
@@ -464,3 +471,79 @@ def staged_push(
     with tempfile.TemporaryDirectory(prefix="e5mistral-upload-") as tmp:
         folder = stage(Path(tmp) / "upload")
         return None, (push_folder(folder, repo_id, repo_type, **push_kwargs) if push else None)
+
+
+LOCAL_DIR_INSTEAD = "or pass --local-dir DIR to write the folder without uploading"
+
+
+def require_hub_token(token: str | None = None, *, instead: str = LOCAL_DIR_INSTEAD) -> str:
+    """The token a push will use (`token`, else ``HF_TOKEN``, else the saved ``hf auth login``);
+    a :class:`~e5mistral.errors.UserError` naming the fix when there is none. `instead` is the
+    alternative the message offers.
+
+    Example:
+        >>> require_hub_token("hf_abc")
+        'hf_abc'
+    """
+    from huggingface_hub import get_token
+
+    found = token or os.environ.get("HF_TOKEN") or get_token()
+    if not found:
+        raise UserError(f"no Hugging Face token to upload with: set HF_TOKEN or run `hf auth login`, {instead}")
+    return found
+
+
+def network_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "the Hub could not be reached": offline mode
+    (``HF_HUB_OFFLINE``), a refused or dropped connection, a time-out, a DNS failure.
+
+    Example:
+        >>> ConnectionError in network_errors()
+        True
+    """
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]  # OfflineModeIsEnabled is a ConnectionError
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        try:
+            errors.append(getattr(__import__(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+@contextmanager
+def hub_errors_as_user_errors(repo_id: str, *, instead: str = LOCAL_DIR_INSTEAD) -> Iterator[None]:
+    """Turn the push failures a user fixes into one-line :class:`~e5mistral.errors.UserError` lines:
+    the Hub unreachable (offline mode, no network) and a token the Hub refuses (HTTP 401/403).
+    Anything else propagates unchanged. Messages pass through ``redact``.
+
+    Example:
+        >>> with hub_errors_as_user_errors("me/my-e5"):  # doctest: +SKIP
+        ...     push_folder("stage/my-e5", "me/my-e5", repo_type="model")
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from e5mistral.synthetic.llm import redact
+
+    try:
+        yield
+    except network_errors() as error:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            raise UserError(
+                f"cannot upload {repo_id}: HF_HUB_OFFLINE is set, so the Hub is not contacted; unset it, {instead}"
+            ) from None
+        reason = redact(str(error)) or type(error).__name__
+        raise UserError(
+            f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} to upload {repo_id} ({reason}); "
+            f"check the network (and HF_ENDPOINT), {instead}"
+        ) from None
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status not in (401, 403):
+            raise
+        first_line = redact(str(error)).splitlines()[0] if str(error) else f"HTTP {status}"
+        raise UserError(
+            f"the Hub refused the upload to {repo_id} (HTTP {status}: {first_line}); set HF_TOKEN to a token with "
+            f"write access to it, or run `hf auth login`, {instead}"
+        ) from None

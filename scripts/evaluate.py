@@ -9,6 +9,12 @@ instruction known for the folder's BEIR name, else "web_search"), documents none
 ``--instruction`` when given, otherwise the task's own prompt; documents stay bare and symmetric
 tasks (STS, bitext, ...) are instructed on both sides. ``results.json`` is what
 ``scripts/push_to_hub.py model --results`` puts into the model card.
+
+Each folder and task is evaluated on its own: when one fails (an MTEB task offline, a folder
+without the split), the others still run, every result that succeeded is written to --output
+(the failures under "failed"), each failure is reported on one line, and the exit status is
+non-zero. A mistake in the arguments (no such --model, --beir folder or MTEB task) is one
+``error:`` line and exit status 2, before anything is computed.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from pathlib import Path
+
+from e5mistral.errors import UserError, run_command
 
 logger = logging.getLogger("evaluate")
 
@@ -92,33 +101,67 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _check_mteb_tasks(names: list[str]) -> None:
+    """A UserError naming every unknown MTEB task (mteb's registry is local: no download)."""
+    import mteb
+
+    unknown = []
+    for name in names:
+        try:
+            mteb.get_tasks(tasks=[name])
+        except KeyError as error:
+            unknown.append(str(error.args[0]).removeprefix("KeyError: ") if error.args else f"{name!r} not found")
+    if unknown:
+        raise UserError(f"--mteb: {'; '.join(unknown)} (names as in mteb.get_tasks(), e.g. STS12)")
+
+
+def _failure_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> dict:
+    """Evaluate, write --output, print the table; returns the results written.
+
+    Raises UserError after writing --output when an evaluation failed for a reason the user can
+    fix (offline, a missing file), or that evaluation's own exception (a bug) after writing."""
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.beir and not args.mteb:
-        raise SystemExit("nothing to evaluate: give at least one --beir DIR or --mteb TASK.")
+        raise UserError("nothing to evaluate: give at least one --beir DIR or --mteb TASK.")
     try:
         k_values = tuple(int(k) for k in args.k_values.split(","))
     except ValueError:
-        raise SystemExit(f"--k-values {args.k_values!r} must be a comma list of integers, e.g. 1,10,100.") from None
+        raise UserError(f"--k-values {args.k_values!r} must be a comma list of integers, e.g. 1,10,100.") from None
     for folder in args.beir:
         if not Path(folder).is_dir():
-            raise SystemExit(f"--beir {folder!r} is not a folder; it must hold corpus.jsonl, queries.jsonl and qrels/.")
+            raise UserError(f"--beir {folder!r} is not a folder; it must hold corpus.jsonl, queries.jsonl and qrels/.")
+    if args.mteb:
+        _check_mteb_tasks(args.mteb)
 
     import torch
 
     from e5mistral import E5Embedder
     from e5mistral.evaluation.retrieval import evaluate_beir
+    from e5mistral.hub import network_errors
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    embedder = E5Embedder.from_pretrained(
-        args.model,
-        device=device,
-        dtype=getattr(torch, args.dtype) if args.dtype else None,
-        trust_remote_code=args.trust_remote_code,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-    )
+    try:
+        embedder = E5Embedder.from_pretrained(
+            args.model,
+            device=device,
+            dtype=getattr(torch, args.dtype) if args.dtype else None,
+            trust_remote_code=args.trust_remote_code,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+        )
+    except OSError as error:
+        if Path(args.model).exists():
+            raise  # a folder that is there but does not load: not a mistake in the argument
+        raise UserError(
+            f"--model {args.model} is not a folder here and could not be loaded from the Hub "
+            f"({_failure_line(error)}); pass a saved model folder or a reachable Hub id"
+        ) from None
     results: dict = {
         "model": args.model,
         "config": {
@@ -130,7 +173,24 @@ def main(argv: list[str] | None = None) -> dict:
         "mteb": {},
     }
 
-    for folder in map(Path, args.beir):
+    # One evaluation failing must not throw away the others: each runs on its own, the failures
+    # are reported after --output is written. Expected failures (offline, a missing file) become
+    # one line each; anything else is a bug and is re-raised, with its traceback, after the write.
+    expected = (UserError, OSError, *network_errors())
+    failures: dict[str, str] = {}
+    bug: BaseException | None = None
+
+    def attempt(name: str, evaluation) -> None:
+        nonlocal bug
+        try:
+            evaluation()
+        except expected as error:
+            failures[name] = _failure_line(error)
+        except Exception as error:  # noqa: BLE001 - re-raised below, once the results are saved
+            failures[name] = _failure_line(error)
+            bug = bug or error
+
+    def beir(folder: Path) -> None:
         instruction = _beir_instruction(folder, args.instruction)
         start = time.perf_counter()
         result = evaluate_beir(
@@ -153,6 +213,9 @@ def main(argv: list[str] | None = None) -> dict:
         }
         logger.info("%s: nDCG@10 = %.4f", folder.name, result.metrics.get("ndcg@10", float("nan")))
 
+    for folder in map(Path, args.beir):
+        attempt(f"beir {folder.name}", lambda folder=folder: beir(folder))
+
     if args.mteb:
         import mteb
 
@@ -160,8 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         instructions = {name: args.instruction for name in args.mteb} if args.instruction else None
         model = E5MtebEncoder(embedder, instructions=instructions, name_or_path=args.model)
+
+    def mteb_task(name: str) -> None:
         evaluation = mteb.evaluate(
-            model, mteb.get_tasks(tasks=args.mteb), cache=None, encode_kwargs={"batch_size": args.batch_size}
+            model, mteb.get_tasks(tasks=[name]), cache=None, encode_kwargs={"batch_size": args.batch_size}
         )
         for task_result in evaluation.task_results:
             task = mteb.get_task(task_result.task_name)
@@ -173,13 +238,34 @@ def main(argv: list[str] | None = None) -> dict:
                 "scores": task_result.scores,
             }
 
+    for name in args.mteb:
+        attempt(f"mteb {name}", lambda name=name: mteb_task(name))
+
+    if failures:
+        results["failed"] = failures
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(format_table(results))
     print(f"wrote {output}")
+    for name, line in failures.items():
+        print(f"failed: {name}: {line}", file=sys.stderr)
+    if bug is not None:
+        raise bug
+    if failures:
+        done = len(results["beir"]) + len(results["mteb"])
+        raise UserError(
+            f"{len(failures)} of {len(failures) + done} evaluations failed (listed above); the results of the other "
+            f"{done} are in {output}. Fix the cause (offline: unset HF_HUB_OFFLINE or pre-download the task), "
+            "then rerun"
+        )
     return results
 
 
-if __name__ == "__main__":
+def _command() -> int:
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(_command))

@@ -14,11 +14,14 @@ Offline, with a local transformers chat model instead of a server:
         --examples-per-kind 10 --languages en,de --concurrency 1 --seed 0 --output synthetic-data
 
 A killed run restarted with the same arguments resumes from `OUTPUT/raw/generations.jsonl` and
-ends with the same dataset. A run that stops on a fault (the server gone, a failed write to the
+ends with the same dataset; Ctrl-C prints how many requests are logged and the command that
+resumes (exit status 130). A run that stops on a fault (the server gone, a failed write to the
 log, a rejected token) exits with status 1 and a message naming the cause; its unfinished
 requests are pending, and the same command resumes them once the cause is fixed. The run ends
-with a summary (examples per kind and language, failures by reason, tokens used);
-`--push-to-hub USER/NAME` then uploads the folder.
+with a summary (examples per kind and language, failures by reason, tokens used, a WARNING for
+each kind without a valid example); a run that produced no valid example at all exports nothing
+and exits with status 1, naming the failure reasons. `--push-to-hub USER/NAME` then uploads the
+folder. A mistake in the arguments is one `error:` line and exit status 2.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from e5mistral.errors import run_command
 from e5mistral.synthetic.builder import KINDS, read_generation_log
 from e5mistral.synthetic.export import LOG_RELPATH, export_dataset, push_to_hub
 from e5mistral.synthetic.generate import (
     GenerationConfig,
     GenerationLogError,
+    format_reasons,
     format_summary,
     plan_requests,
     run_generation,
@@ -113,6 +118,46 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def config_from_args(args: argparse.Namespace) -> GenerationConfig:
+    """The plan's :class:`GenerationConfig` from parsed arguments (raises ValueError on a bad value)."""
+    return GenerationConfig(
+        kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
+        examples_per_kind=args.examples_per_kind,
+        seed=args.seed,
+        languages=parse_language_weights(args.languages),
+        tasks_per_brainstorm=args.tasks_per_brainstorm,
+        examples_per_brainstorm=args.examples_per_brainstorm,
+    )
+
+
+def resume_command(argv: list[str], script: str = "scripts/generate_data.py") -> str:
+    """The command line that reruns (and so resumes) this run, secrets redacted.
+
+    Example:
+        >>> resume_command(["--base-url", "http://me:pw@host/v1", "--output", "my out"], "gen.py").split(" ", 1)[1]
+        "gen.py --base-url 'http://***@host/v1' --output 'my out'"
+    """
+    return shlex.join([sys.executable, script, *(redact(arg) for arg in argv)])
+
+
+def interrupted_message(argv: list[str], script: str) -> str:
+    """What Ctrl-C prints: how many requests the log holds and the command that resumes."""
+    try:
+        args = make_parser().parse_args(argv)
+        log_path = Path(args.output) / LOG_RELPATH
+        total = sum(len(step) for step in plan_requests(config_from_args(args)))
+    except (SystemExit, ValueError):  # interrupted before the arguments were checked
+        return "interrupted."
+    try:
+        logged = len(read_generation_log(log_path)) if log_path.exists() else 0
+    except (OSError, ValueError) as error:
+        return f"interrupted; could not read {log_path}: {error}"
+    command = resume_command(argv, script)
+    if command != shlex.join([sys.executable, script, *argv]):
+        command += "   (put back the secrets shown as ***)"
+    return f"interrupted: {logged} of {total} requests are logged in {log_path}; resume with: {command}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -120,17 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give --base-url (one or more) or --local-model, not both and not neither")
     if args.base_url and not args.model:
         parser.error("--model is required with --base-url (the model name the server serves)")
+    if args.concurrency < 1:
+        parser.error(f"--concurrency {args.concurrency}: it must be 1 or more")
     try:
-        config = GenerationConfig(
-            kinds=tuple(k.strip() for k in args.kinds.split(",") if k.strip()),
-            examples_per_kind=args.examples_per_kind,
-            seed=args.seed,
-            languages=parse_language_weights(args.languages),
-            tasks_per_brainstorm=args.tasks_per_brainstorm,
-            examples_per_brainstorm=args.examples_per_brainstorm,
-        )
+        config = config_from_args(args)
     except ValueError as error:
         parser.error(str(error))
+    if args.push_to_hub:
+        from e5mistral.hub import require_hub_token
+
+        # before generating for hours, not after
+        require_hub_token(
+            instead="or leave out --push-to-hub and push the folder later with scripts/push_to_hub.py dataset"
+        )
 
     if args.local_model:
         from e5mistral.synthetic.llm import TransformersChatBackend
@@ -179,6 +226,16 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if not sum(summary["examples"].values()):  # never export (or push) an empty dataset
+        print(format_summary(summary))
+        print(
+            f"error: no valid example was generated: {summary['requests']} requests logged, failures: "
+            f"{format_reasons(summary['failures_by_reason'])}; nothing was exported. The 'failure' field of each "
+            f"record in {output / LOG_RELPATH} says why; fix the cause (server, --model, --json-mode, --max-tokens), "
+            "then run again with a new --output folder (failed requests are final in this log)",
+            file=sys.stderr,
+        )
+        return 1
     if not args.no_export:
         command = "python scripts/generate_data.py " + " ".join(
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
@@ -187,9 +244,16 @@ def main(argv: list[str] | None = None) -> int:
         export_dataset(output, kinds=config.kinds, repo_id=args.push_to_hub, generation_command=command)
     print(format_summary(summary))
     if args.push_to_hub:
-        print(f"pushed: {push_to_hub(output, args.push_to_hub, private=args.private)}")
+        from e5mistral.hub import hub_errors_as_user_errors
+
+        later = (
+            "or push the exported folder later: "
+            f"python scripts/push_to_hub.py dataset --data {output} --repo-id {args.push_to_hub}"
+        )
+        with hub_errors_as_user_errors(args.push_to_hub, instead=later):
+            print(f"pushed: {push_to_hub(output, args.push_to_hub, private=args.private)}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, interrupted=lambda: interrupted_message(sys.argv[1:], sys.argv[0])))

@@ -10,13 +10,19 @@ custom code, the tokenizer, the Sentence-Transformers files and the card rendere
 ``model-index``); ``--include-adapter`` adds the LoRA adapter alone under ``adapter/``. The
 dataset folder is the one ``scripts/generate_data.py`` exported (Parquet configs, card, builder).
 The token comes from HF_TOKEN or ``hf auth login`` and is never written to a file.
+
+A mistake the user can fix (a missing folder or file, a non-empty --local-dir, no token, the Hub
+unreachable, a refused token) is one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
+
+from e5mistral.errors import UserError, run_command
 
 logger = logging.getLogger("push_to_hub")
 
@@ -64,13 +70,65 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """Raise a UserError for a missing input folder or file, or a non-empty --local-dir."""
+    if args.kind == "model":
+        model = Path(args.model)
+        if not (model / "config.json").is_file() or not list(model.glob("*.safetensors")):
+            what = "does not exist" if not model.exists() else "has no config.json or no *.safetensors weights"
+            raise UserError(
+                f"--model {args.model} {what}; pass the saved model folder (the output_dir of scripts/train.py)"
+            )
+        for flag, value in (
+            ("--results", args.results),
+            ("--training-args", args.training_args),
+            ("--training-info", args.training_info),
+            ("--template", args.template),
+        ):
+            if value is not None and not Path(value).is_file():
+                raise UserError(
+                    f"{flag} {value} is not a file; give the path of an existing file or leave the flag out"
+                )
+        if args.include_adapter and not (model / "adapter" / "adapter_config.json").is_file():
+            raise UserError(
+                f"--include-adapter: {model / 'adapter' / 'adapter_config.json'} does not exist; "
+                "train with keep_adapter: true, or leave the flag out"
+            )
+    else:
+        data = Path(args.data)
+        if not (data / "README.md").is_file() or not list(data.glob("data/*/*.parquet")):
+            what = "does not exist" if not data.exists() else "has no README.md or no data/<config>/*.parquet"
+            raise UserError(
+                f"--data {args.data} {what}; pass the --output folder of scripts/generate_data.py "
+                "(exported, not --no-export)"
+            )
+    if args.local_dir is not None:
+        local = Path(args.local_dir)
+        if local.exists() and (not local.is_dir() or any(local.iterdir())):
+            raise UserError(
+                f"--local-dir {args.local_dir} is not an empty folder; choose a new or empty folder, "
+                "so that it holds exactly the upload"
+            )
+
+
 def main(argv: list[str] | None = None) -> tuple[Path | None, str | None]:
     args = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from e5mistral.hub import export_dataset_folder, export_model_folder, staged_push
+    from e5mistral.hub import (
+        LOCAL_DIR_INSTEAD,
+        export_dataset_folder,
+        export_model_folder,
+        hub_errors_as_user_errors,
+        require_hub_token,
+        staged_push,
+    )
 
     if args.push and args.local_dir is None:
         logger.warning("--push without --local-dir is the default behaviour; the flag changes nothing here.")
+    check_inputs(args)
+    push = args.local_dir is None or args.push
+    if push:
+        require_hub_token()  # before staging: fail in a second, not after copying the weights
     if args.kind == "model":
 
         def stage(folder: Path) -> Path:
@@ -90,16 +148,17 @@ def main(argv: list[str] | None = None) -> tuple[Path | None, str | None]:
         def stage(folder: Path) -> Path:
             return export_dataset_folder(args.data, folder)
 
-    push = args.local_dir is None or args.push
-    folder, url = staged_push(
-        stage,
-        local_dir=args.local_dir,
-        push=push,
-        repo_id=args.repo_id,
-        repo_type=args.kind,
-        private=args.private,
-        commit_message=args.commit_message,
-    )
+    instead = f"or leave out --push to only write {args.local_dir}" if args.local_dir else LOCAL_DIR_INSTEAD
+    with hub_errors_as_user_errors(args.repo_id, instead=instead):
+        folder, url = staged_push(
+            stage,
+            local_dir=args.local_dir,
+            push=push,
+            repo_id=args.repo_id,
+            repo_type=args.kind,
+            private=args.private,
+            commit_message=args.commit_message,
+        )
     if folder is not None:
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
         print(f"wrote {len(files)} files to {folder}:")
@@ -109,5 +168,10 @@ def main(argv: list[str] | None = None) -> tuple[Path | None, str | None]:
     return folder, url
 
 
-if __name__ == "__main__":
+def _command() -> int:
     main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(_command))

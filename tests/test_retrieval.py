@@ -270,5 +270,7 @@ def test_evaluate_script_writes_results_and_table(tiny_folder, tmp_path, capsys)
     assert results["beir"]["scifact"]["metrics"] == pytest.approx(direct.metrics)
     printed = capsys.readouterr().out
     assert "scifact" in printed and f"{100 * direct.metrics['ndcg@10']:.2f}" in printed
-    with pytest.raises(SystemExit, match="nothing to evaluate"):
+    from e5mistral.errors import UserError
+
+    with pytest.raises(UserError, match="nothing to evaluate"):
         script.main(["--model", str(tiny_folder), "--output", str(out)])

@@ -35,8 +35,8 @@ __all__ = ["DEFAULT_CARD_TEMPLATE", "export_dataset", "push_to_hub", "render_car
 
 LOG_RELPATH = "raw/generations.jsonl"
 BUILDER_RELPATH = "recipe/e5mistral_synthetic.py"
-# dataset_card.md at the repository root; pass template_path= when installed without the source tree.
-DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parents[2] / "dataset_card.md"
+# Shipped inside the package (the repository root's dataset_card.md links to it), so installs have it.
+DEFAULT_CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "dataset_card.md"
 
 
 def _hub_language(code: str) -> str:

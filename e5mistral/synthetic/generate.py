@@ -67,6 +67,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..errors import UserError
 from .builder import KINDS, dataset_rows, read_generation_log
 from .languages import parse_language_weights
 from .llm import ChatResult, FatalLLMError, LLMError, redact
@@ -89,6 +90,7 @@ __all__ = [
     "GenerationLogError",
     "Request",
     "extract_json",
+    "format_reasons",
     "format_summary",
     "generate",
     "plan_requests",
@@ -122,6 +124,11 @@ class GenerationConfig:
         if isinstance(self.languages, str):
             self.languages = parse_language_weights(self.languages)
         self.languages = {k: float(v) for k, v in sorted(self.languages.items())}
+        if "bitext" in self.kinds and len(self.languages) < 2:
+            raise ValueError(
+                f"kind bitext pairs two languages, but languages={list(self.languages)}; add one to --languages "
+                "(e.g. en,de) or leave bitext out of --kinds."
+            )
 
     def n_brainstorms(self, kind: str) -> int:
         if kind not in BRAINSTORM_KINDS:
@@ -336,7 +343,7 @@ def _check_manifest(log_path: Path, config: GenerationConfig) -> None:
     if previous is not None:
         for key, value in current.items():
             if previous.get(key) != value:
-                raise ValueError(
+                raise UserError(
                     f"{log_path} was generated with {key}={previous.get(key)!r}, now {key}={value!r}; "
                     "resume with the same arguments, or write to a new --output folder"
                 )
@@ -482,7 +489,7 @@ async def run_generation(
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline, appending to `log_path`; returns :func:`summarize` of the log."""
     if concurrency < 1:
-        raise ValueError(f"concurrency={concurrency}; it must be >= 1")
+        raise UserError(f"concurrency={concurrency}; it must be >= 1")
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _check_manifest(log_path, config)
@@ -542,7 +549,8 @@ def generate(
 
 def summarize(records: Sequence[dict[str, Any]], kinds: Sequence[str] = KINDS) -> dict[str, Any]:
     """Statistics of a log: dataset rows per kind and per (kind, language) after duplicate
-    removal, duplicates dropped, failures by reason, requests and tokens used.
+    removal, duplicates dropped, failures by reason, the kinds with example requests logged but
+    no row (their requests and failures by reason), requests and tokens used.
 
     Example:
         >>> summarize([])["examples"]
@@ -560,11 +568,18 @@ def summarize(records: Sequence[dict[str, Any]], kinds: Sequence[str] = KINDS) -
         duplicates[kind] = ok - len(rows)
         by_language[kind] = dict(sorted(Counter(r["language"] for r in rows).items(), key=lambda kv: (-kv[1], kv[0])))
     failures = Counter(r["failure"]["reason"] for r in records if r["status"] == "failed")
+    without_examples = {}  # kinds with example requests logged but no row: missing from the dataset
+    for kind in kinds:
+        logged = [r for r in records if r["kind"] == kind]
+        if kind not in examples and any(r["step"] == "example" for r in logged):
+            reasons = Counter(r["failure"]["reason"] for r in logged if r["status"] == "failed")
+            without_examples[kind] = {"requests": len(logged), "failures_by_reason": dict(reasons.most_common())}
     return {
         "examples": examples,
         "examples_by_language": by_language,
         "duplicates_dropped": duplicates,
         "failures_by_reason": dict(failures.most_common()),
+        "kinds_without_examples": without_examples,
         "requests": len(records),
         "brainstorms_ok": sum(1 for r in records if r["step"] == "brainstorm" and r["status"] == "ok"),
         "prompt_tokens": sum(r["usage"]["prompt_tokens"] for r in records),
@@ -574,7 +589,16 @@ def summarize(records: Sequence[dict[str, Any]], kinds: Sequence[str] = KINDS) -
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """A plain-text report of :func:`summarize`."""
+    """A plain-text report of :func:`summarize`; it ends with a WARNING line for each kind that
+    has example requests logged but no valid example (the kind is missing from the dataset).
+
+    Example:
+        >>> failed = {"kind": "sts", "step": "example", "status": "failed", "language": "en", "model": "m",
+        ...           "failure": {"reason": "invalid_json", "detail": "..."},
+        ...           "usage": {"prompt_tokens": 5, "completion_tokens": 3}}
+        >>> print(format_summary(summarize([failed], ["sts"])).splitlines()[-1])
+        WARNING: kind sts has no valid example: 1 request logged, failures: invalid_json 1
+    """
     lines = ["examples per kind (after dropping exact duplicates):"]
     for kind, n in summary["examples"].items():
         langs = ", ".join(f"{code} {count}" for code, count in summary["examples_by_language"][kind].items())
@@ -587,4 +611,20 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"requests logged: {summary['requests']}; tokens used: {summary['prompt_tokens']} prompt + "
         f"{summary['completion_tokens']} completion = {summary['prompt_tokens'] + summary['completion_tokens']}"
     )
+    for kind, missing in summary.get("kinds_without_examples", {}).items():
+        n = missing["requests"]
+        lines.append(
+            f"WARNING: kind {kind} has no valid example: {n} request{'s' if n != 1 else ''} logged, "
+            f"failures: {format_reasons(missing['failures_by_reason'])}"
+        )
     return "\n".join(lines)
+
+
+def format_reasons(failures_by_reason: dict[str, int]) -> str:
+    """Failure counts on one line, most frequent first.
+
+    Example:
+        >>> format_reasons({"invalid_json": 20, "no_task_pool": 4})
+        'invalid_json 20, no_task_pool 4'
+    """
+    return ", ".join(f"{reason} {n}" for reason, n in failures_by_reason.items()) or "none"
