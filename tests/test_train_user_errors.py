@@ -183,6 +183,7 @@ def test_max_lengths_beyond_the_model_positions_are_clamped_in_training_and_the_
     argv = ["--config", DEMO, "--output_dir", str(out), "--max_steps", "1", "--passage_max_length", "100000"]
     assert run_main(train_script, argv) == 0
     assert json.loads((out / "sentence_bert_config.json").read_text())["max_seq_length"] == 1024
+    assert json.loads((out / "training_args.json").read_text())["passage_max_length"] == 1024  # and so the card
     assert "passage_max_length=100000" in caplog.text and "1024" in caplog.text
 
 

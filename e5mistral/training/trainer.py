@@ -35,6 +35,7 @@ from transformers.trainer_utils import speed_metrics
 
 from e5mistral.encoding import E5Embedder
 from e5mistral.errors import UserError
+from e5mistral.tokenization import clamp_max_length
 from e5mistral.evaluation.metrics import retrieval_metrics
 from e5mistral.evaluation.retrieval import exact_search
 from e5mistral.instructions import format_query
@@ -92,8 +93,11 @@ class E5Trainer(Trainer):
             )
         if processing_class is None:
             raise ValueError("E5Trainer needs the tokenizer: pass processing_class=tokenizer.")
-        # Texts are cut at the model's positions (a longer max length is clamped, with a warning).
+        # Texts are cut at the model's positions: a longer max length is clamped (with a warning) in the
+        # arguments themselves, so training_args.json and the card record the length actually used.
         max_positions = getattr(model.config, "max_position_embeddings", None)
+        for name in ("query_max_length", "passage_max_length"):
+            setattr(args, name, clamp_max_length(getattr(args, name), max_positions, name))
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
         if data_collator is None:
@@ -325,7 +329,6 @@ class E5Trainer(Trainer):
         """
         from e5mistral.export import save_model_folder
         from e5mistral.modeling_e5mistral import E5MistralModel
-        from e5mistral.tokenization import clamp_max_length
 
         output_dir = Path(output_dir or self.args.output_dir)
         unwrapped = self.accelerator.unwrap_model(self.model)
