@@ -295,3 +295,116 @@ def _serve(argv=None) -> None:
 
 if __name__ == "__main__":
     _serve()
+
+
+# ------------------------------------------------------------------------------------------
+# Tiny models of every supported backbone family
+# ------------------------------------------------------------------------------------------
+BACKBONES = ("mistral", "llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+
+# What each family needs on top of the shared tiny shape: small heads where the family's default
+# head_dim is large, short sliding windows so sliding layers really slide, both Gemma 3 layer kinds,
+# and Llama's optional attention biases (so every family but Mistral and Gemma has biases).
+_BACKBONE_OVERRIDES = {
+    "mistral": {"sliding_window": None},
+    "llama": {"attention_bias": True},
+    "qwen2": {},
+    "qwen3": {"head_dim": 8},
+    "gemma": {"head_dim": 8},
+    "gemma2": {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 6},
+    "gemma3_text": {
+        "head_dim": 8,
+        "query_pre_attn_scalar": 8,
+        "sliding_window": 6,
+        "layer_types": ["sliding_attention", "full_attention"],
+    },
+}
+
+
+def tiny_backbone_kwargs(backbone: str, vocab_size: int = 1000, **overrides) -> dict:
+    """The config arguments of a few-thousand-parameter model of ``backbone``'s family.
+
+    The shape of :func:`tiny_config` (2 layers, hidden 32, grouped-query attention, the tiny
+    tokenizer's special tokens) plus what the family needs; ``overrides`` win.
+
+    Example: ``Qwen2Config(**tiny_backbone_kwargs("qwen2"))`` is a tiny transformers Qwen2 config.
+    """
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    kwargs.update(_BACKBONE_OVERRIDES[backbone])
+    kwargs.update(overrides)
+    return kwargs
+
+
+def tiny_backbone_config(backbone: str, vocab_size: int = 1000, **overrides) -> E5MistralConfig:
+    """An :class:`E5MistralConfig` of :func:`tiny_backbone_kwargs` (``pooling``/``normalize`` may be overridden).
+
+    Example: ``E5MistralModel(tiny_backbone_config("qwen3"))`` is a tiny random ``E5Qwen3Model``.
+    """
+    return E5MistralConfig(backbone=backbone, **tiny_backbone_kwargs(backbone, vocab_size, **overrides))
+
+
+def randomize_biases_and_norms(model, seed: int = 0, scale: float = 0.5) -> list[str]:
+    """Fill every bias and norm weight of ``model`` with random values; returns their names.
+
+    Freshly built models have zero biases and unit (Gemma: zero) norm weights, so a loader that
+    dropped one, or a model class that ignored one, would still look right; random values make it
+    show. Example: ``names = randomize_biases_and_norms(model)`` (q/k/v biases, q_norm, k_norm, ...).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    names = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias") or "norm" in name.rsplit(".", 2)[-2]:
+                param.copy_(1.0 + scale * torch.randn(param.shape, generator=generator))
+                names.append(name)
+    return names
+
+
+def make_tiny_backbone_model(backbone: str, tokenizer=None, seed: int = 0, **config_overrides) -> E5MistralModel:
+    """A tiny random E5 model of ``backbone``'s family (``E5Qwen2Model``, ...), biases and norms random, eval mode.
+
+    Example:
+
+    ```python
+    >>> tok = make_tiny_tokenizer(); model = make_tiny_backbone_model("qwen2", tok)
+    >>> type(model).__name__, model(**tok(["hi"], return_tensors="pt")).pooler_output.shape
+    ('E5Qwen2Model', torch.Size([1, 32]))
+    ```
+    """
+    vocab_size = len(tokenizer) if tokenizer is not None else 1000
+    torch.manual_seed(seed)
+    model = E5MistralModel(tiny_backbone_config(backbone, vocab_size=vocab_size, **config_overrides))
+    randomize_biases_and_norms(model, seed=seed)
+    return model.eval()
+
+
+def make_tiny_family_checkpoint(backbone: str, path, seed: int = 0, causal_lm: bool = True, **config_overrides) -> Path:
+    """Save a tiny random checkpoint of transformers' own classes, as a user's base model comes.
+
+    ``causal_lm``: a ``Qwen2ForCausalLM``-style folder (``model.``-prefixed weights and an
+    ``lm_head``), else the bare ``Qwen2Model`` layout. Biases and norms are random. The folder's
+    ``config.json`` is the family's own (``model_type`` ``"qwen2"``, ...).
+
+    Example: ``E5MistralModel.from_pretrained(make_tiny_family_checkpoint("qwen2", tmp))`` is an ``E5Qwen2Model``.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from .configuration_e5mistral import backbone_config_class
+
+    config = backbone_config_class(backbone)(**tiny_backbone_kwargs(backbone, **config_overrides))
+    torch.manual_seed(seed)
+    model = (AutoModelForCausalLM if causal_lm else AutoModel).from_config(config)
+    randomize_biases_and_norms(model, seed=seed)
+    model.save_pretrained(path)
+    return Path(path)
