@@ -11,7 +11,14 @@ from .configuration_e5mistral import E5MistralConfig
 from .encoding import E5Embedder
 from .export import save_model_folder
 from .instructions import INSTRUCTIONS, format_query, get_instruction
-from .modeling_e5mistral import E5MistralModel, E5MistralModelOutput, last_token_pool, mean_pool
+from .modeling_e5mistral import (
+    CheckpointMismatchError,
+    E5EmbeddingMixin,
+    E5MistralModel,
+    E5MistralModelOutput,
+    last_token_pool,
+    mean_pool,
+)
 from .tokenization import EOSContractError, appends_eos, check_eos, ensure_eos
 
 __version__ = "0.1.0"
@@ -24,6 +31,8 @@ E5MistralModel.register_for_auto_class("AutoModel")
 
 __all__ = [
     "INSTRUCTIONS",
+    "CheckpointMismatchError",
+    "E5EmbeddingMixin",
     "E5Embedder",
     "E5MistralConfig",
     "E5MistralModel",
