@@ -293,9 +293,6 @@ def _serve(argv=None) -> None:
         server.httpd.server_close()
 
 
-if __name__ == "__main__":
-    _serve()
-
 
 # ------------------------------------------------------------------------------------------
 # Tiny models of every supported backbone family
@@ -408,3 +405,7 @@ def make_tiny_family_checkpoint(backbone: str, path, seed: int = 0, causal_lm: b
     randomize_biases_and_norms(model, seed=seed)
     model.save_pretrained(path)
     return Path(path)
+
+
+if __name__ == "__main__":
+    _serve()
