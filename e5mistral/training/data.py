@@ -13,7 +13,30 @@ A source is one of:
   ``load_dataset(folder)`` reads it on the Hub (split by file names, ``train.jsonl``,
   ``data/<config>/train-*.parquet``, a card's ``configs:``); a folder whose file names name no
   split serves every split whole;
-- a Hub dataset id (``owner/name``), with an optional configuration name.
+- a Hub dataset id (``owner/name``), with an optional configuration name;
+- the folder ``scripts/generate_data.py`` writes (Parquet per kind under ``data/<kind>/``, a card
+  whose ``configs:`` are kinds), or the Hub repo it was pushed to: see below.
+
+Generated data. A folder or Hub dataset whose configurations are all task kinds
+(``short_long``, ``long_short``, ``short_short``, ``long_long``, ``sts``, ``bitext``; read from its
+card as ``datasets.get_dataset_config_names`` reads it) is recognised as the output of
+``scripts/generate_data.py``. Each kind is loaded through ``datasets`` (``load_dataset(source,
+kind)``, so a local folder and its Hub copy load alike) and its raw fields are converted to
+training rows by the project's own mapping, :func:`e5mistral.synthetic.to_training_row` (the table
+in ``e5mistral/synthetic/tasks.py``): the brainstormed task is the instruction, ``task`` is the
+kind. The configuration picks the kinds: none (the default) loads every kind the dataset has, and
+a comma list picks some by name::
+
+    python scripts/train.py --config configs/demo.yaml --dataset_name synthetic-data
+    python scripts/train.py --config configs/demo.yaml --dataset_name synthetic-data --dataset_config short_long,sts
+
+    >>> rows = load_training_data("synthetic-data", config="short_long,sts")  # doctest: +SKIP
+    >>> sorted(set(rows["task"]))  # doctest: +SKIP
+    ['short_long', 'sts']
+
+A kind-named configuration that already has ``query`` and ``positive`` columns is taken as
+training rows as it is; one with neither those nor its kind's fields is an error naming the
+missing columns. In a mixture the configuration applies to every source that has configurations.
 
 A mixture is ``"a=0.7,b=0.3"``: ratios are normalised to shares of the result, and the result is
 as large as possible without repeating rows of any source (as TRL's dataset mixtures do): the
@@ -106,12 +129,21 @@ def load_rows(source: str, split: str = "train", config: str | None = None) -> D
     elif path.is_file():
         dataset = read_data_file(path)
     elif path.is_dir():
+        if (kinds := _generated_kinds(str(path))) is not None:  # written by scripts/generate_data.py
+            return _load_generated(str(path), kinds, split, config)
+        if (path / "raw" / "generations.jsonl").is_file() and not (path / "data").is_dir():
+            raise UserError(
+                f"dataset folder {str(path)!r} holds a generation log (raw/generations.jsonl) but no exported data/; "
+                "rerun the same scripts/generate_data.py command without --no-export (it resumes, then exports)."
+            )
         dataset = _load_folder(path, split, config)
     elif _looks_like_a_path(source):
         raise UserError(
             f"dataset {source!r}: no such file or folder; check the path (a Hub dataset id is written owner/name)."
         )
     else:
+        if (kinds := _generated_kinds(source)) is not None:  # a generated dataset pushed to the Hub
+            return _load_generated(source, kinds, split, config)
         try:
             dataset = datasets.load_dataset(source, config, split=split)
         except (OSError, ValueError, ConnectionError) as error:  # not found, offline, gated, unknown split
@@ -195,6 +227,80 @@ def _load_folder(folder: Path, split: str, config: str | None) -> Dataset:
             f"dataset folder {str(folder)!r}: a data file cannot be read ({_first_line(error.__cause__ or error)}); "
             "fix or remove it."
         ) from None
+
+
+def _generated_kinds(source: str) -> list[str] | None:
+    """The configurations of ``source`` when every one is a task kind (a dataset written by
+    ``scripts/generate_data.py``), else ``None`` (a plain folder or Hub dataset, loaded as before)."""
+    from e5mistral.synthetic import KINDS
+
+    try:
+        names = datasets.get_dataset_config_names(source)
+    except (OSError, ValueError, ConnectionError):  # no data files, not on the Hub, offline: the plain path reports it
+        return None
+    return list(names) if names and set(names) <= set(KINDS) else None
+
+
+def _parse_kinds(source: str, kinds: list[str], config: str | None) -> list[str]:
+    if config is None or not config.strip():
+        return kinds
+    chosen = [name.strip() for name in config.split(",")]
+    if not all(chosen):
+        raise UserError(
+            f"dataset_config={config!r} has an empty entry; write kinds separated by commas, e.g. short_long,sts."
+        )
+    unknown = [name for name in chosen if name not in kinds]
+    if unknown:
+        raise UserError(
+            f"dataset {source!r} has the kinds {', '.join(kinds)}, not {', '.join(unknown)}; "
+            "pick some of them (dataset_config=short_long,sts) or leave dataset_config unset for all."
+        )
+    return list(dict.fromkeys(chosen))
+
+
+def _load_generated(source: str, kinds: list[str], split: str, config: str | None) -> Dataset:
+    """The chosen kinds of a generated dataset, each converted by `to_training_row` and validated."""
+    from e5mistral.synthetic import OUTPUT_FIELDS, to_training_row
+
+    parts, chosen = [], _parse_kinds(source, kinds, config)
+    for kind in chosen:
+        label = f"{source} ({kind})"
+        try:
+            raw = datasets.load_dataset(source, kind, split=split)
+        except ValueError as error:
+            if "Unknown split" in str(error) or "Bad split" in str(error):
+                raise UserError(
+                    f"dataset {label} has no split {split!r} ({_first_line(error)}); generated data has only 'train'."
+                ) from None
+            raise
+        except (OSError, ConnectionError) as error:
+            raise UserError(
+                f"dataset {label} could not be loaded ({type(error).__name__}: {_first_line(error)}); "
+                "check the path or id, the network and HF_TOKEN."
+            ) from None
+        except datasets.exceptions.DatasetGenerationError as error:
+            raise UserError(
+                f"dataset {label}: a data file cannot be read ({_first_line(error.__cause__ or error)}); "
+                "fix it or export the folder again."
+            ) from None
+        columns = set(raw.column_names)
+        if not {"query", "positive"} <= columns:
+            missing = [name for name in (*OUTPUT_FIELDS[kind], "task", "language") if name not in columns]
+            if missing:
+                raise UserError(
+                    f"dataset {label}: a {kind} configuration needs the columns {', '.join(missing)} (or training "
+                    f"rows: query, positive), got {sorted(columns)}; export it again with scripts/generate_data.py."
+                )
+            raw = raw.map(
+                lambda row, kind=kind: to_training_row(kind, row),
+                remove_columns=raw.column_names,
+                features=SCHEMA_FEATURES,
+            )
+        if len(raw) == 0:
+            raise UserError(f"dataset {label} (split {split!r}) has no rows; pick other kinds or generate more.")
+        parts.append(validate_rows(raw, label))
+    logger.info(f"dataset {source}: " + ", ".join(f"{kind} {len(p)} rows" for kind, p in zip(chosen, parts)))
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
 def validate_rows(dataset: Dataset, source: str = "dataset") -> Dataset:
