@@ -75,18 +75,23 @@ class E5Embedder:
     ):
         """Load model and tokenizer from a folder or Hub id; ``kwargs`` go to ``__init__``.
 
+        An E5 folder loads as saved; a plain checkpoint of a supported family (``LlamaForCausalLM``,
+        ``Qwen2Model``, ...) loads as that family's E5 model, so an untrained base model can be
+        evaluated the same way.
+
         A folder that does not exist, or has no tokenizer, raises :class:`~e5mistral.errors.UserError`
         saying so (see :func:`e5mistral.tokenization.load_tokenizer`).
         """
         from transformers import AutoModel
 
-        from . import E5MistralModel  # noqa: F401  (registers the Auto classes)
+        from . import E5MistralModel  # registers the Auto classes
 
         name_or_path = check_model_path(name_or_path)
         tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(
-            name_or_path, revision=revision, dtype=dtype, trust_remote_code=trust_remote_code
-        )
+        if trust_remote_code:  # the folder's own code decides the class
+            model = AutoModel.from_pretrained(name_or_path, revision=revision, dtype=dtype, trust_remote_code=True)
+        else:  # an E5 folder, or a plain decoder checkpoint of any supported family (pooled the E5 way)
+            model = E5MistralModel.from_pretrained(name_or_path, revision=revision, dtype=dtype)
         if device is not None:
             model = model.to(device)
         return cls(model.eval(), tokenizer, device=device, **kwargs)

@@ -176,3 +176,16 @@ def test_missing_model_folder_is_a_user_error_not_a_repo_id_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(UserError, match="is a file, not a folder"):
         check_model_path(tmp_path / "config.json")
+
+
+def test_embedder_loads_a_plain_decoder_checkpoint_as_its_e5_family(tmp_path):
+    from e5mistral import E5Embedder
+    from e5mistral.testing import make_tiny_family_checkpoint, make_tiny_tokenizer
+
+    folder = make_tiny_family_checkpoint("llama", tmp_path / "llama")
+    make_tiny_tokenizer().save_pretrained(folder)
+    embedder = E5Embedder.from_pretrained(folder)
+    assert type(embedder.model).__name__ == "E5LlamaModel"
+    emb = embedder.encode_documents(["a plain llama checkpoint, pooled at its EOS"])
+    assert emb.shape == (1, embedder.model.config.hidden_size)
+    assert_close(emb.norm(dim=-1), torch.ones(1))
