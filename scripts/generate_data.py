@@ -8,10 +8,16 @@ the Authorization header and redacted from every message, record and card:
         --model mistralai/Mistral-7B-Instruct-v0.3 --kinds short_long,long_short,short_short,long_long,sts,bitext \
         --examples-per-kind 1000 --languages all --concurrency 32 --seed 0 --output synthetic-data
 
-Offline, with a local transformers chat model instead of a server:
+Offline, with a local transformers chat model instead of a server (requests in flight are batched,
+`--batch-size` per `generate` call, and each answer's JSON schema is enforced while decoding; needs
+`pip install 'e5mistral[local]'`):
 
     python scripts/generate_data.py --local-model Qwen/Qwen2.5-0.5B-Instruct --kinds sts \
-        --examples-per-kind 10 --languages en,de --concurrency 1 --seed 0 --output synthetic-data
+        --examples-per-kind 10 --languages en,de --batch-size 8 --seed 0 --output synthetic-data
+
+Structured outputs (`--json-mode`, default `schema`): servers are asked for each answer's JSON schema
+(`response_format` `json_schema`, strict); a server that refuses it (400/422) is asked for
+`json_object`, and one that refuses that too, for plain text. A local model has the schema enforced.
 
 A killed run restarted with the same arguments resumes from `OUTPUT/raw/generations.jsonl` and
 ends with the same dataset; Ctrl-C prints how many requests are logged and the command that
@@ -64,13 +70,23 @@ def make_parser() -> argparse.ArgumentParser:
     )
     backend.add_argument(
         "--json-mode",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="ask for response_format json_object; auto drops it where rejected",
+        choices=("schema", "auto", "on", "off"),
+        default="schema",
+        help="structured outputs. schema: each answer's JSON schema (servers: response_format json_schema, "
+        "then json_object, then none where refused; a local model: enforced while decoding); auto: "
+        "json_object, dropped where refused (a local model: any JSON object); on: always json_object; off: none",
     )
     backend.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (recipe: 1.0)")
     backend.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (recipe: 1.0)")
-    backend.add_argument("--max-tokens", type=int, default=None, help="completion token limit (default: the server's)")
+    backend.add_argument(
+        "--max-tokens", type=int, default=None, help="completion token limit (default: the server's; local: 2048)"
+    )
+    backend.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="local model: most requests per generate call (a batch never exceeds --concurrency)",
+    )
     backend.add_argument(
         "--timeout", type=float, default=300.0, help="seconds before a request counts as hung and is retried"
     )
@@ -167,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--model is required with --base-url (the model name the server serves)")
     if args.concurrency < 1:
         parser.error(f"--concurrency {args.concurrency}: it must be 1 or more")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: it must be 1 or more")
     try:
         config = config_from_args(args)
     except ValueError as error:
@@ -183,8 +201,19 @@ def main(argv: list[str] | None = None) -> int:
         from e5mistral.synthetic.llm import TransformersChatBackend
 
         backend = TransformersChatBackend(
-            args.local_model, temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_tokens or 2048
+            args.local_model,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_new_tokens=args.max_tokens or 2048,
+            batch_size=args.batch_size,
+            json_mode=args.json_mode,
         )
+        if args.concurrency < args.batch_size:
+            print(
+                f"note: --concurrency {args.concurrency} < --batch-size {args.batch_size}: batches hold at most "
+                f"{args.concurrency} requests",
+                file=sys.stderr,
+            )
     else:
         from e5mistral.synthetic.llm import EndpointPool
 

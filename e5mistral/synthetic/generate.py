@@ -9,10 +9,13 @@ How a run works:
    brainstorm and task position from `random.Random(f"{seed}:{kind}:example:{i}")`, so the
    plan never depends on timing.
 2. Brainstorms run first, then examples, each request in a fresh conversation, under a
-   concurrency limit. An answer is parsed strictly (:func:`extract_json`: plain JSON, a fenced
-   block, or JSON inside prose; never `eval`) and validated (`tasks.validate_*`); an unusable
-   answer is asked again, naming the fault, up to `max_reasks` times, then recorded as a
-   failure with its reason. Transient HTTP faults are retried inside the backend.
+   concurrency limit. Each request carries its answer's JSON schema
+   (:func:`~e5mistral.synthetic.schemas.answer_schema`) to the backend, which asks a server for
+   it as a structured output or enforces it while decoding a local model. An answer is parsed
+   strictly (:func:`extract_json`: plain JSON, a fenced block, or JSON inside prose; never
+   `eval`) and validated (`tasks.validate_*`); an unusable answer is asked again, naming the
+   fault, up to `max_reasks` times, then recorded as a failure with its reason. Transient HTTP
+   faults are retried inside the backend.
 3. Each finished request is appended to the generation log (JSONL, one line per request id,
    one `write` per line) as soon as it finishes. A restarted run skips the ids already logged,
    so a killed run resumed with the same arguments ends with the same log contents and the
@@ -70,7 +73,8 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from .builder import KINDS, dataset_rows, read_generation_log
 from .languages import parse_language_weights
-from .llm import ChatResult, FatalLLMError, LLMError, redact
+from .llm import ChatResult, FatalLLMError, LLMError, accepts_schema, redact
+from .schemas import AnswerSchema, answer_schema
 from .tasks import (
     BRAINSTORM_KINDS,
     InvalidAnswer,
@@ -365,15 +369,23 @@ class _Runner:
         self.bar = bar
         self.failures = sum(1 for r in log.records.values() if r["status"] == "failed")
         self.tokens = sum(sum(r["usage"].values()) for r in log.records.values())
+        self.with_schemas = accepts_schema(backend)  # a custom backend may predate schemas
 
-    async def ask(self, request: Request, messages: list[dict[str, str]], validate: Callable[[Any], Any]):
+    async def ask(
+        self,
+        request: Request,
+        messages: list[dict[str, str]],
+        validate: Callable[[Any], Any],
+        schema: AnswerSchema | None = None,
+    ):
         """Ask, parse, validate; re-ask with the fault named. Returns (output, failure, attempts, usage)."""
         usage = {"prompt_tokens": 0, "completion_tokens": 0}
         conversation = list(messages)
         endpoint = ""
+        extra = {"schema": schema} if self.with_schemas and schema is not None else {}
         for attempt in range(1, self.max_reasks + 2):
             try:
-                result: ChatResult = await self.backend.chat(conversation, seed=request_seed(request.id))
+                result: ChatResult = await self.backend.chat(conversation, seed=request_seed(request.id), **extra)
             except FatalLLMError as error:
                 # Name the request: if every rerun stops at the same one, that request is the fault
                 # (e.g. it makes the server drop the connection), not the server.
@@ -422,9 +434,11 @@ class _Runner:
         self.bar.update(1)
 
     async def brainstorm(self, request: Request) -> None:
-        messages = brainstorm_messages(request.kind, request.template, request.placeholders["n_tasks"])
+        n_tasks = request.placeholders["n_tasks"]
+        messages = brainstorm_messages(request.kind, request.template, n_tasks)
+        schema = answer_schema(request.kind, "brainstorm", n_tasks=n_tasks)
         output, failure, attempts, usage, endpoint = await self.ask(
-            request, messages, lambda answer: {"tasks": validate_brainstorm(answer)}
+            request, messages, lambda answer: {"tasks": validate_brainstorm(answer)}, schema
         )
         self.record(request, None, output, failure, attempts, usage, endpoint)
 
@@ -450,8 +464,9 @@ class _Runner:
             self.record(request, None, None, failure, 0, {"prompt_tokens": 0, "completion_tokens": 0}, "")
             return
         messages = example_messages(request.kind, request.template, task, request.placeholders)
+        schema = answer_schema(request.kind, "example")
         output, failure, attempts, usage, endpoint = await self.ask(
-            request, messages, lambda answer: validate_example(request.kind, answer)
+            request, messages, lambda answer: validate_example(request.kind, answer), schema
         )
         self.record(request, task, output, failure, attempts, usage, endpoint)
 
@@ -525,7 +540,8 @@ def generate(
     **backend_kwargs,
 ) -> dict[str, Any]:
     """Synchronous entry point: build the backend (an :class:`~e5mistral.synthetic.llm.EndpointPool`
-    over `base_urls`, unless `backend` is given) and run :func:`run_generation`.
+    over `base_urls`, unless `backend` is given; `json_mode="schema"` unless given, as on the
+    command line) and run :func:`run_generation`.
 
     Example:
         >>> generate(log_path="out/raw/generations.jsonl", base_urls=["http://localhost:8000/v1"],
@@ -536,6 +552,7 @@ def generate(
             raise ValueError("generate() needs backend=..., or base_urls=[...] and model=...")
         from .llm import EndpointPool
 
+        backend_kwargs.setdefault("json_mode", "schema")
         backend = EndpointPool(list(base_urls), model, **backend_kwargs)
     elif backend_kwargs:
         raise ValueError(f"backend keyword arguments {sorted(backend_kwargs)} are ignored when backend= is given")
@@ -549,12 +566,19 @@ def generate(
 
 def summarize(records: Sequence[dict[str, Any]], kinds: Sequence[str] = KINDS) -> dict[str, Any]:
     """Statistics of a log: dataset rows per kind and per (kind, language) after duplicate
-    removal, duplicates dropped, failures by reason, the kinds with example requests logged but
-    no row (their requests and failures by reason), requests and tokens used.
+    removal, duplicates dropped, the valid share per kind (`valid_share`: valid example answers of
+    the example requests logged, and the attempts they took), failures by reason, the kinds with
+    example requests logged but no row (their requests and failures by reason), requests and
+    tokens used.
 
     Example:
         >>> summarize([])["examples"]
         {}
+        >>> failed = {"kind": "sts", "step": "example", "status": "failed", "attempts": 3, "model": "m",
+        ...           "failure": {"reason": "invalid_json", "detail": "..."},
+        ...           "usage": {"prompt_tokens": 5, "completion_tokens": 3}}
+        >>> summarize([failed], ["sts"])["valid_share"]
+        {'sts': {'valid': 0, 'requests': 1, 'attempts': 3, 'share': 0.0}}
     """
     examples: dict[str, int] = {}
     by_language: dict[str, dict[str, int]] = {}
@@ -567,6 +591,17 @@ def summarize(records: Sequence[dict[str, Any]], kinds: Sequence[str] = KINDS) -
         examples[kind] = len(rows)
         duplicates[kind] = ok - len(rows)
         by_language[kind] = dict(sorted(Counter(r["language"] for r in rows).items(), key=lambda kv: (-kv[1], kv[0])))
+    valid_share: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        logged = [r for r in records if r["kind"] == kind and r["step"] == "example"]
+        if logged:
+            valid = sum(1 for r in logged if r["status"] == "ok")
+            valid_share[kind] = {
+                "valid": valid,
+                "requests": len(logged),
+                "attempts": sum(int(r.get("attempts") or 0) for r in logged),
+                "share": valid / len(logged),
+            }
     failures = Counter(r["failure"]["reason"] for r in records if r["status"] == "failed")
     without_examples = {}  # kinds with example requests logged but no row: missing from the dataset
     for kind in kinds:
@@ -578,10 +613,12 @@ def summarize(records: Sequence[dict[str, Any]], kinds: Sequence[str] = KINDS) -
         "examples": examples,
         "examples_by_language": by_language,
         "duplicates_dropped": duplicates,
+        "valid_share": valid_share,
         "failures_by_reason": dict(failures.most_common()),
         "kinds_without_examples": without_examples,
         "requests": len(records),
         "brainstorms_ok": sum(1 for r in records if r["step"] == "brainstorm" and r["status"] == "ok"),
+        "brainstorms": sum(1 for r in records if r["step"] == "brainstorm"),
         "prompt_tokens": sum(r["usage"]["prompt_tokens"] for r in records),
         "completion_tokens": sum(r["usage"]["completion_tokens"] for r in records),
         "models": sorted({r["model"] for r in records if r.get("model")}),
@@ -605,6 +642,15 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  {kind:<12} {n:>7}  ({summary['duplicates_dropped'][kind]} duplicates dropped)  {langs}")
     if not summary["examples"]:
         lines.append("  (none)")
+    if summary.get("valid_share"):
+        lines.append("valid answers per kind (example requests; attempts include re-asks):")
+        for kind, share in summary["valid_share"].items():
+            lines.append(
+                f"  {kind:<12} {share['valid']:>7} of {share['requests']} ({share['share']:.0%}) "
+                f"in {share['attempts']} attempts"
+            )
+        if summary.get("brainstorms"):
+            lines.append(f"  {'brainstorms':<12} {summary['brainstorms_ok']:>7} of {summary['brainstorms']}")
     lines.append("failures by reason:")
     lines += [f"  {reason:<16} {n:>7}" for reason, n in summary["failures_by_reason"].items()] or ["  (none)"]
     lines.append(
