@@ -77,21 +77,7 @@ def make_tiny_tokenizer(vocab_size: int = 1000, extra_texts=(), padding_side: st
 
 def tiny_config(vocab_size: int = 1000, **overrides) -> E5MistralConfig:
     """A few-thousand-parameter Mistral shape: 2 layers, hidden 32, grouped-query attention."""
-    kwargs = dict(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        sliding_window=None,
-    )
-    kwargs.update(overrides)
-    return E5MistralConfig(**kwargs)
+    return tiny_backbone_config("mistral", vocab_size, **overrides)
 
 
 def make_tiny_model(tokenizer=None, seed: int = 0, **config_overrides) -> E5MistralModel:
