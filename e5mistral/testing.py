@@ -27,6 +27,7 @@ from .tokenization import ensure_eos
 __all__ = [
     "ScriptedServer",
     "assert_close",
+    "fresh_process_env",
     "make_tiny_model",
     "make_tiny_model_folder",
     "make_tiny_tokenizer",
@@ -112,6 +113,24 @@ def make_tiny_model_folder(path, seed: int = 0, **config_overrides) -> Path:
     tokenizer = make_tiny_tokenizer()
     model = make_tiny_model(tokenizer, seed=seed, **config_overrides)
     return save_model_folder(model, tokenizer, path)
+
+
+def fresh_process_env(tmp_path) -> dict:
+    """The environment of a process that must not see this one's Python path, token or module cache.
+
+    Offline (``HF_HUB_OFFLINE``), with its own ``HF_MODULES_CACHE`` under ``tmp_path``, as a user's
+    fresh process on another machine would load a saved folder's remote code.
+    """
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "HF_TOKEN"}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        HF_MODULES_CACHE=str(Path(tmp_path) / "modules"),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    return env
 
 
 def assert_close(actual, expected, rtol: float = 1e-5, what: str = "values") -> None:

@@ -9,7 +9,6 @@ e5mistral. Checkpoints whose weights do not all land are refused.
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from e5mistral.modeling_e5mistral import E5_MODEL_CLASSES, CheckpointMismatchErr
 from e5mistral.testing import (
     BACKBONES,
     assert_close,
+    fresh_process_env,
     make_tiny_backbone_model,
     make_tiny_family_checkpoint,
     make_tiny_tokenizer,
@@ -270,13 +270,7 @@ REMOTE = textwrap.dedent(
 
 
 def test_every_family_loads_with_remote_code_and_sentence_transformers_without_e5mistral(folders, tokenizer, tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "HF_TOKEN"}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_MODULES_CACHE=str(tmp_path / "modules"),
-        TOKENIZERS_PARALLELISM="false",
-    )
+    env = fresh_process_env(tmp_path)
     e5_folders = {backbone: str(e5) for backbone, (_, e5) in folders.items()}
     proc = subprocess.run(  # the return code is asserted below, with stderr
         [sys.executable, "-I", "-c", REMOTE, json.dumps(e5_folders), json.dumps(TEXTS)],

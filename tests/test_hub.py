@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from e5mistral.testing import assert_close
+from e5mistral.testing import assert_close, fresh_process_env
 from e5mistral.hub import collect_model_info, export_dataset_folder, export_model_folder, push_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,15 +59,7 @@ print(json.dumps({
 """
 
 
-def _fresh_env(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "HF_TOKEN"}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_MODULES_CACHE=str(tmp_path / "modules"),
-        TOKENIZERS_PARALLELISM="false",
-    )
-    return env
+_fresh_env = fresh_process_env
 
 
 def _hub_copy(folder: Path, dest: Path) -> Path:
