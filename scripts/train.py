@@ -11,6 +11,9 @@ The same on 2 CPU processes (DDP over gloo, documents gathered across processes)
     accelerate launch --config_file configs/accelerate/ddp.yaml scripts/train.py --config configs/demo.yaml
     # or, without a config file (the flags the tests use):
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train.py --config configs/demo.yaml --max_steps 2
+    # the same under FSDP2 or DeepSpeed ZeRO-3 (over gloo where there is no GPU; the start line names the engine):
+    accelerate launch --config_file configs/accelerate/fsdp.yaml scripts/train.py --config configs/demo.yaml
+    accelerate launch --config_file configs/accelerate/deepspeed_zero3.yaml scripts/train.py --config configs/demo.yaml
 
 The paper's recipe (Mistral-7B-v0.1, LoRA r16, batch 2048 through GradCache, ZeRO-3, 32 GPUs)::
 
@@ -158,8 +161,11 @@ def resolve_resume(training_args: E5TrainingArguments) -> str | None:
 
 def show_similarities(folder: Path, dev, n: int = 3) -> None:
     """Reload the saved folder as a user would and print query-document cosine similarities."""
+    from e5mistral.training.engines import zero3_init_disabled
+
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).eval()
+    with zero3_init_disabled():  # the main process alone: under ZeRO-3, zero.Init would wait for the others
+        model = AutoModel.from_pretrained(folder).eval()
     rows = dev.select(range(min(n, len(dev))))
     queries = [format_query(i, q) for i, q in zip(rows["instruction"], rows["query"])]
     documents = list(rows["positive"])
@@ -185,6 +191,7 @@ def main(script_args: E5ScriptArguments, training_args: E5TrainingArguments, mod
     from transformers.utils import logging as hf_logging
     from trl import get_peft_config
 
+    from e5mistral.training.engines import count_parameters
     from e5mistral.training.trainer import E5Trainer, StopOnInterrupt
 
     set_seed(training_args.seed)
@@ -205,11 +212,12 @@ def main(script_args: E5ScriptArguments, training_args: E5TrainingArguments, mod
     trainer.add_callback(stop)
     is_main = trainer.accelerator.is_main_process
     if is_main:
-        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        trainable = count_parameters(trainer.model)  # whole counts, also of ZeRO-3's partitioned weights
         world = training_args.world_size
         print(f"Training rows: {len(train)} ({dict(Counter(train['task']))}); dev rows: {len(dev) if dev else 0}")
         print(
-            f"Trainable parameters: {trainable:,}{' (LoRA)' if model_args.use_peft else ''}; processes: {world}; "
+            f"Trainable parameters: {trainable:,}{' (LoRA)' if model_args.use_peft else ''}; processes: {world} "
+            f"({trainer.engine}); "
             f"global batch: {training_args.per_device_train_batch_size * world} rows, each query scored against "
             f"~{training_args.per_device_train_batch_size * world * (1 + (training_args.num_negatives or 1))} documents; "
             f"GradCache mini-batch: {training_args.mini_batch_size or 'off'}; temperature {training_args.temperature}"

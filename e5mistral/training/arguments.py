@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 from trl import ModelConfig
 
+from e5mistral.training.engines import require_engine_packages, select_cpu_backend
+
 __all__ = ["LORA_TARGET_MODULES", "E5ModelConfig", "E5ScriptArguments", "E5TrainingArguments"]
 
 logger = logging.getLogger(__name__)
@@ -116,13 +118,17 @@ class E5TrainingArguments(TrainingArguments):
             raise ValueError(
                 f"mini_batch_size={self.mini_batch_size} must be >= 1; leave it unset to turn GradCache off."
             )
+        # A multi-process launch on a machine without GPUs trains on CPU over gloo (under the engine the
+        # accelerate config asks for); see e5mistral.training.engines.
+        require_engine_packages(self)
+        select_cpu_backend(self)
         super().__post_init__()
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and self.world_size == 1:
             raise RuntimeError(
                 f"launched as {launched} processes (WORLD_SIZE={launched}) but each runs alone (world_size=1), so no "
-                "gradient is shared: on a machine without GPUs, launch with ACCELERATE_USE_CPU=1 "
-                "(`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 ...`, see configs/accelerate/ddp.yaml)."
+                "gradient is shared: launch with an accelerate config (`accelerate launch --config_file "
+                "configs/accelerate/ddp.yaml ...`, or fsdp.yaml / deepspeed_zero3.yaml)."
             )
         if self.mini_batch_size is not None and self.mini_batch_size >= self.per_device_train_batch_size:
             logger.warning(

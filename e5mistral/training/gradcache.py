@@ -14,25 +14,48 @@ softmax and bounds memory by the mini-batch size, in three steps:
 
 The result is the gradient of the full-batch loss (tested against it to 1e-5). Step (2) runs
 inside the forward, so a cross-device gather in the loss (collective in both directions) happens
-on every rank at the same time; step (3) only touches local parameters, synchronising DDP once,
-after the last mini-batch. The temperature lives in ``loss_fn`` and is therefore respected.
+on every rank at the same time. The temperature lives in ``loss_fn`` and is therefore respected.
 The cache reaches the backward hook through ``functools.partial``, never through ``self``.
+
+Under several processes two more rules hold, for every engine:
+
+- Every process runs the same number of forwards per side, in the same order
+  (:func:`same_count_on_every_process`): under FSDP and ZeRO-3 each forward and backward gathers
+  weights with collectives, and ranks cut different numbers of chunks (rows have 0..k hard
+  negatives, texts differ in length). A process with fewer chunks pads with filler chunks: one
+  real row of its own, embedded and discarded (a zero cached gradient), so nothing changes but the
+  count. (A model cannot run a chunk of zero rows.)
+- The weights' gradients are reduced once per step, after the last replayed mini-batch
+  (:func:`_reduce_after_last`): DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync`` and
+  DeepSpeed ZeRO's ``coalesce_grad_reduction`` (ZeRO-3 reduces each parameter's gradient as it is
+  produced and has no ``no_sync``; without this each mini-batch's reduction overwrites the last).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from functools import partial
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import get_device_states, set_device_states
 
 from ..batching import plan_chunks
 
-__all__ = ["RandContext", "embed_length_sorted", "grad_cache", "plan_chunks", "sort_by_length", "split_features"]
+__all__ = [
+    "RandContext",
+    "embed_length_sorted",
+    "grad_cache",
+    "plan_chunks",
+    "same_count_on_every_process",
+    "sort_by_length",
+    "split_features",
+]
 
 Features = dict[str, Tensor]  # e.g. {"input_ids": (B, T), "attention_mask": (B, T)}
 EmbedFn = Callable[[nn.Module, Features], Tensor]  # (model, features) -> (B, H)
@@ -128,7 +151,9 @@ def embed_length_sorted(model: nn.Module, embed: EmbedFn, features: Features, ma
     The same embeddings and gradients as one ``embed(model, features)``, with less padding: rows
     are sorted by length and cut by :func:`plan_chunks` into chunks of at most ``max_positions``
     padded positions (at least one row), each padded only to its own longest text. Activation
-    memory is that of the whole batch, as in one forward; chunking only removes work.
+    memory is that of the whole batch, as in one forward; chunking only removes work. With
+    several processes, each runs as many chunks as the one that cut the most (filler chunks, see
+    the module docstring), since under FSDP and ZeRO-3 every forward is a collective.
 
     Returns:
         ``(B, H)`` embeddings, row ``i`` for text ``i``.
@@ -137,11 +162,45 @@ def embed_length_sorted(model: nn.Module, embed: EmbedFn, features: Features, ma
     if "attention_mask" not in sorted_features:
         return embed(model, features)
     lengths = sorted_features["attention_mask"].sum(dim=1).tolist()
-    reps = []
-    for rows in plan_chunks(lengths, max_positions):
-        chunk = _trim_trailing_padding({key: value[rows.start : rows.stop] for key, value in sorted_features.items()})
-        reps.append(embed(model, chunk))  # (b, H)
+    chunks = [
+        _trim_trailing_padding({key: value[rows.start : rows.stop] for key, value in sorted_features.items()})
+        for rows in plan_chunks(lengths, max_positions)
+    ]
+    # Every process runs as many forwards as the one with the most chunks (collectives under FSDP / ZeRO-3).
+    (count,) = same_count_on_every_process([len(chunks)], sorted_features["input_ids"].device)
+    reps = [embed(model, chunk) for chunk in chunks]  # (b, H) each
+    for _ in range(count - len(chunks)):
+        # A filler's embedding joins the graph with no rows ([:0]), so its backward runs too, adding zero.
+        reps.append(embed(model, _filler_chunk(sorted_features))[:0])  # (0, H)
     return torch.cat(reps)[inverse]  # (B, H)
+
+
+def same_count_on_every_process(counts: Sequence[int], device: torch.device | str = "cpu") -> list[int]:
+    """The largest of each count over all processes (``counts`` unchanged without a process group).
+
+    Each process passes how many chunks it cut per side; each then pads its plan to the result
+    with filler chunks, so every process runs the same forwards and backwards in the same order.
+    One ``all_reduce`` of a few integers per call.
+
+    Example:
+        >>> same_count_on_every_process([3, 5])  # one process: as given
+        [3, 5]
+    """
+    counts = [int(c) for c in counts]
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return counts
+    agreed = torch.tensor(counts, dtype=torch.long, device=device)  # (sides,)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return agreed.tolist()
+
+
+def _filler_chunk(sorted_features: Features) -> Features:
+    """A one-row chunk that pads a process's plan to the agreed count: its shortest real text, trimmed.
+
+    Its embedding is discarded (and its cached gradient is zero), so it adds a forward and a
+    backward, nothing else. A real row keeps the model's input checks (EOS last) satisfied.
+    """
+    return _trim_trailing_padding({key: value[-1:] for key, value in sorted_features.items()})
 
 
 def grad_cache(
@@ -177,17 +236,22 @@ def grad_cache(
     # Length-sorted mini-batches pad little; `inverses` restore the original row order for the loss.
     sorted_inputs, inverses = zip(*(sort_by_length(features) for features in inputs))
     chunked = [split_features(features, mini_batch_size) for features in sorted_inputs]
+    real_counts = [len(chunks) for chunks in chunked]  # per side, this process's own mini-batches
+    # Pad every side to the count of the process with the most mini-batches (see the module docstring).
+    agreed = same_count_on_every_process(real_counts, sorted_inputs[0]["input_ids"].device)
+    for chunks, features, count in zip(chunked, sorted_inputs, agreed):
+        chunks.extend(_filler_chunk(features) for _ in range(count - len(chunks)))
     grad_enabled = torch.is_grad_enabled()
 
     # Step (1): embed every mini-batch without a graph, saving the RNG state before each forward.
     reps, random_states = [], []
-    for chunks in chunked:
+    for chunks, real in zip(chunked, real_counts):
         side_reps, side_states = [], []
         for chunk in chunks:
             side_states.append(RandContext(*chunk.values()) if grad_enabled else None)
             with torch.no_grad():
                 side_reps.append(embed(model, chunk))  # (b, H)
-        reps.append(torch.cat(side_reps).detach().requires_grad_(grad_enabled))  # (B_i, H)
+        reps.append(torch.cat(side_reps[:real]).detach().requires_grad_(grad_enabled))  # (B_i, H), fillers dropped
         random_states.append(side_states)
 
     if not grad_enabled:
@@ -198,7 +262,11 @@ def grad_cache(
     with torch.enable_grad():
         loss, metric = loss_fn(*(rep[inverse] for rep, inverse in zip(reps, inverses)))
         loss.backward()
-    cache = [rep.grad.split([chunk["input_ids"].shape[0] for chunk in chunks]) for rep, chunks in zip(reps, chunked)]
+    cache = []
+    for rep, chunks, real in zip(reps, chunked, real_counts):
+        side = list(rep.grad.split([chunk["input_ids"].shape[0] for chunk in chunks[:real]]))  # (b, H) each
+        side += [rep.grad.new_zeros(1, rep.shape[1]) for _ in chunks[real:]]  # fillers: (1, H) zeros
+        cache.append(side)
 
     # Step (3): hand the cache to a hook that re-embeds with a graph when the Trainer back-propagates.
     loss = loss.detach().requires_grad_()
@@ -221,22 +289,54 @@ def _replay_with_cached_gradients(
     model: nn.Module,
     embed: EmbedFn,
     chunked: list[list[Features]],
-    cache: list[tuple[Tensor, ...]],
+    cache: list[list[Tensor]],
     random_states: list[list[RandContext]],
 ) -> None:
     """Step (3): re-embed each mini-batch under its saved RNG state; back-propagate its cached gradient.
 
     ``grad_output`` is what the outer backward hands the loss (1 / accumulation steps, the loss
-    scale), so every mini-batch is scaled like a plain loss would be. DDP synchronises once, after
-    the last mini-batch (an outer ``no_sync`` from gradient accumulation still holds).
+    scale), so every mini-batch is scaled like a plain loss would be. The gradients are reduced
+    once, after the last mini-batch (under DDP an outer ``no_sync`` from gradient accumulation
+    still holds).
     """
     jobs = [job for side in zip(chunked, cache, random_states) for job in zip(*side)]
-    with torch.enable_grad():
+    with torch.enable_grad(), _reduce_after_last(model) as sync:
         for index, (chunk, cached_grad, random_state) in enumerate(jobs):
-            is_last = index == len(jobs) - 1
-            sync = nullcontext() if is_last or not isinstance(model, DistributedDataParallel) else model.no_sync()
-            with sync, random_state:
+            with sync(index == len(jobs) - 1), random_state:
                 reps = embed(model, chunk)  # (b, H)
                 dtype = torch.promote_types(torch.promote_types(reps.dtype, cached_grad.dtype), torch.float32)
                 surrogate = (reps.to(dtype) * cached_grad.to(dtype)).sum() * grad_output.to(dtype)
                 surrogate.backward()
+
+
+@contextmanager
+def _reduce_after_last(model: nn.Module) -> Iterator[Callable[[bool], object]]:
+    """Yield ``sync(is_last)``: the context for one mini-batch's backward, reducing gradients only after the last.
+
+    - DDP: ``no_sync`` for all but the last mini-batch.
+    - FSDP2: ``set_requires_gradient_sync(False)`` until the last mini-batch; the unsharded
+      gradients accumulate locally, and the last backward reduce-scatters them once.
+    - DeepSpeed ZeRO: ``coalesce_grad_reduction`` around all of them: ZeRO keeps every gradient
+      local and runs one reduction pass when the block ends (``no_sync`` is refused under ZeRO-2/3,
+      and without it each mini-batch's reduction would overwrite the previous one's).
+    - anything else (one process): nothing to defer.
+    """
+    deepspeed = sys.modules.get("deepspeed")
+    if deepspeed is not None and isinstance(model, deepspeed.DeepSpeedEngine):
+        with model.coalesce_grad_reduction():
+            yield lambda is_last: nullcontext()
+    elif isinstance(model, FSDPModule):
+        try:
+            yield lambda is_last: _fsdp_gradient_sync(model, is_last)
+        finally:
+            model.set_requires_gradient_sync(True)
+    elif isinstance(model, DistributedDataParallel):
+        yield lambda is_last: nullcontext() if is_last else model.no_sync()
+    else:
+        yield lambda is_last: nullcontext()
+
+
+@contextmanager
+def _fsdp_gradient_sync(model: FSDPModule, enabled: bool) -> Iterator[None]:
+    model.set_requires_gradient_sync(enabled)
+    yield

@@ -13,6 +13,10 @@ What it changes in `transformers.Trainer`, and nothing else:
   query must find its positive among all dev documents. They are logged as ``eval_ndcg@10``..., so
   ``metric_for_best_model: ndcg@10``, ``load_best_model_at_end`` and early stopping work.
 - ``save_merged_model``: the final folder, LoRA merged, loadable by ``AutoModel.from_pretrained``.
+- engines (:mod:`e5mistral.training.engines`): the engine accelerate built must be the one the
+  launch asks for (``self.engine`` names it); evaluation runs through FSDP2 / DeepSpeed ZeRO-3
+  (preparing the model first when it comes before training), checkpoints keep the model's own
+  code under FSDP2, and the merged save reloads without ZeRO-3's ``zero.Init``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import shutil
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,6 +35,7 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
+from transformers.integrations.deepspeed import deepspeed_init
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import speed_metrics
 
@@ -42,6 +48,7 @@ from e5mistral.instructions import format_query
 from e5mistral.training.arguments import E5TrainingArguments
 from e5mistral.training.collator import E5Collator
 from e5mistral.training.data import SCHEMA_COLUMNS
+from e5mistral.training.engines import check_engine, fsdp_on_cpu, zero3_init_disabled
 from e5mistral.training.gradcache import embed_length_sorted, grad_cache
 from e5mistral.training.loss import gather_documents, info_nce
 from e5mistral.training.sampler import E5BatchSampler
@@ -117,6 +124,8 @@ class E5Trainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
+        # The engine accelerate built must be the one the launch asked for (never a silent DDP).
+        self.engine = check_engine(self)
         self._train_accuracy: list[torch.Tensor] = []
         self._warned_batch_of_one = False
         # One readable line per log instead of a dict of strings (PrinterCallback's, or the bar's write).
@@ -124,6 +133,11 @@ class E5Trainer(Trainer):
             self.add_callback(LogLinePrinter())
         elif self.pop_callback(ProgressCallback) is not None:
             self.add_callback(LogLineProgress())
+
+    def create_accelerator_and_postprocess(self) -> None:
+        # On a machine without GPUs accelerate would not build FSDP from a CPU state (see engines.fsdp_on_cpu).
+        with fsdp_on_cpu(self.args):
+            super().create_accelerator_and_postprocess()
 
     # ---- data ----
 
@@ -304,9 +318,8 @@ class E5Trainer(Trainer):
         queries = [format_query(i, q) for i, q in zip(dataset["instruction"], dataset["query"])]
         qrels = {f"q{i}": {corpus[positive]: 1} for i, positive in enumerate(dataset["positive"])}
 
-        model = self.model_wrapped if self.is_fsdp_enabled else self.accelerator.unwrap_model(self.model)
-        embedder = E5Embedder(model, self.processing_class, batch_size=self.args.per_device_eval_batch_size)
-        with self.compute_loss_context_manager():
+        with self._model_for_evaluation() as model, self.compute_loss_context_manager():
+            embedder = E5Embedder(model, self.processing_class, batch_size=self.args.per_device_eval_batch_size)
             query_embeddings = embedder.encode(queries, max_length=self.args.query_max_length)  # (Q, H)
             document_embeddings = embedder.encode(list(corpus), max_length=self.args.passage_max_length)  # (D, H)
         top_scores, top_docs = exact_search(query_embeddings, document_embeddings, max(k_values))  # (Q, k)
@@ -317,7 +330,58 @@ class E5Trainer(Trainer):
         }
         return retrieval_metrics(run, qrels, k_values)
 
-    # ---- final save ----
+    @contextmanager
+    def _model_for_evaluation(self):
+        """The model every process embeds the dev split with: through the engine under FSDP and ZeRO-3.
+
+        There the weights are sharded, and before training they are not even whole on every process
+        (ZeRO-3 partitions them at load, FSDP's ``cpu_ram_efficient_loading`` loads them on rank 0
+        only), so an evaluation before training first prepares the model (``Trainer.evaluation_loop``
+        would, but its way fails under both engines in transformers 5.24 / accelerate 1.15):
+
+        - FSDP2: accelerate's ``fsdp2_prepare_model`` shards it in place (broadcasting rank 0's
+          weights); ``train`` then finds it sharded and only builds the optimizer over the shards.
+        - DeepSpeed: an inference engine (as ``evaluation_loop`` sets up), destroyed afterwards (its
+          hooks removed), so ``train`` builds its training engine on the bare model as without it.
+        """
+        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
+            yield self.accelerator.unwrap_model(self.model)
+            return
+        if self.is_fsdp_enabled:
+            from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+            from torch.distributed.fsdp import FSDPModule
+
+            if not isinstance(self.model, FSDPModule):
+                if self.accelerator.state.fsdp_plugin.activation_checkpointing:
+                    raise UserError(
+                        "evaluation before training under FSDP with fsdp_activation_checkpointing: true is not "
+                        "supported (accelerate applies it when it shards the model for training); set "
+                        "fsdp_activation_checkpointing: false and the training argument activation_checkpointing: true."
+                    )
+                self.model = self.model_wrapped = fsdp2_prepare_model(self.accelerator, self.model)
+            yield _ThroughEngine(self.model, self.accelerator.unwrap_model(self.model).config)
+            return
+        inference_engine = None
+        if self.deepspeed is None:  # before training
+            deepspeed_init(self, num_training_steps=0, inference=True)
+            inference_engine = self.accelerator.prepare(self.model)
+        engine = inference_engine if inference_engine is not None else self.deepspeed
+        try:
+            yield _ThroughEngine(engine, self.accelerator.unwrap_model(self.model).config)
+        finally:
+            if inference_engine is not None:
+                inference_engine.destroy()
+                self.accelerator._models.remove(inference_engine)
+
+    # ---- saving ----
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        # FSDP2 re-classes the model in place (FSDPE5MistralModel, defined in torch), and
+        # save_pretrained writes the module of the model's class as the folder's custom code: a
+        # checkpoint would hold torch's FSDP files and an auto_map naming them. Saved as its own class.
+        with _own_class(self.model):
+            super()._save(output_dir, state_dict)
+
 
     def save_merged_model(self, output_dir: str | None = None) -> Path:
         """Write the final embedding-model folder (weights, code, tokenizer, Sentence-Transformers files).
@@ -326,10 +390,8 @@ class E5Trainer(Trainer):
         ZeRO-3 and FSDP); then the main process reloads the base model, merges the LoRA adapter
         into it and writes the folder with :func:`e5mistral.save_model_folder`. The adapter alone
         stays in ``<output_dir>/adapter`` when ``keep_adapter`` is set. Call it on every process.
+        Under ZeRO-3 the main process loads without ``zero.Init`` (which would wait for the others).
         """
-        from e5mistral.export import save_model_folder
-        from e5mistral.modeling_e5mistral import E5MistralModel
-
         output_dir = Path(output_dir or self.args.output_dir)
         unwrapped = self.accelerator.unwrap_model(self.model)
         is_peft = isinstance(unwrapped, PeftModel)
@@ -337,25 +399,69 @@ class E5Trainer(Trainer):
         self.save_model(str(staging))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            dtype = next(unwrapped.parameters()).dtype
-            if is_peft:
-                base_path = unwrapped.peft_config["default"].base_model_name_or_path
-                if not base_path:
-                    raise ValueError(
-                        "cannot merge the adapter: the base model has no name_or_path to reload it from; load it with "
-                        "E5MistralModel.from_pretrained(<folder or Hub id>) before training (a model built in memory "
-                        "can be written with save_model_folder first)."
-                    )
-                base = E5MistralModel.from_pretrained(base_path, dtype=dtype)
-                merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
-            else:
-                merged = E5MistralModel.from_pretrained(str(staging), dtype=dtype)
-            max_seq_length = clamp_max_length(self.args.passage_max_length, merged.config, "passage_max_length")
-            save_model_folder(merged, self.processing_class, output_dir, max_seq_length=max_seq_length)
-            if not (is_peft and self.args.keep_adapter):
-                shutil.rmtree(staging)
+            with zero3_init_disabled():
+                self._write_merged_folder(unwrapped, is_peft, staging, output_dir)
         self.accelerator.wait_for_everyone()
         return output_dir
+
+    def _write_merged_folder(self, unwrapped, is_peft: bool, staging: Path, output_dir: Path) -> None:
+        """The main process's part of :meth:`save_merged_model`: reload, merge, write the folder."""
+        from e5mistral.export import save_model_folder
+        from e5mistral.modeling_e5mistral import E5MistralModel
+
+        dtype = next(unwrapped.parameters()).dtype
+        if is_peft:
+            base_path = unwrapped.peft_config["default"].base_model_name_or_path
+            if not base_path:
+                raise ValueError(
+                    "cannot merge the adapter: the base model has no name_or_path to reload it from; load it with "
+                    "E5MistralModel.from_pretrained(<folder or Hub id>) before training (a model built in memory "
+                    "can be written with save_model_folder first)."
+                )
+            base = E5MistralModel.from_pretrained(base_path, dtype=dtype)
+            merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
+        else:
+            merged = E5MistralModel.from_pretrained(str(staging), dtype=dtype)
+        max_seq_length = clamp_max_length(self.args.passage_max_length, merged.config, "passage_max_length")
+        save_model_folder(merged, self.processing_class, output_dir, max_seq_length=max_seq_length)
+        if not (is_peft and self.args.keep_adapter):
+            shutil.rmtree(staging)
+
+
+@contextmanager
+def _own_class(model: nn.Module):
+    """Inside, an FSDP2-sharded ``model`` has its own class again (``FSDPModule`` subclasses dropped)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded_class = type(model)
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.__class__ = next(c for c in sharded_class.__mro__ if not issubclass(c, FSDPModule))
+    try:
+        yield
+    finally:
+        model.__class__ = sharded_class
+
+
+class _ThroughEngine(nn.Module):
+    """An FSDP2 / DeepSpeed model as :class:`E5Embedder` sees it, for the evaluation.
+
+    Each call runs through the engine (which gathers the shards) under ``no_grad`` with inference
+    mode off: E5Embedder encodes under ``torch.inference_mode``, and the weights an engine gathers
+    there would become inference tensors, which training then cannot update in place. ``config``
+    is the model's (a DeepSpeed engine's own ``config`` is DeepSpeed's).
+    """
+
+    def __init__(self, engine: nn.Module, config):
+        super().__init__()
+        self.engine = engine
+        self.config = config
+        self.training = engine.training  # E5Embedder puts back the mode it finds
+
+    def forward(self, **inputs):
+        with torch.inference_mode(False), torch.no_grad():
+            return self.engine(**inputs)
 
 
 class StopOnInterrupt(TrainerCallback):

@@ -1,0 +1,209 @@
+"""Training cases run under one engine in one 2-process launch; tests/test_distributed_engines.py reads the results.
+
+    accelerate launch --config_file configs/accelerate/fsdp.yaml tests/distributed_cases.py --out DIR [--cases a,b]
+
+Each case trains the same tiny model on the same rows for two SGD steps (lr 1, no clipping, fp32)
+through ``E5Trainer``, the way ``scripts/train.py`` does, and leaves in ``DIR/<case>/``:
+
+- ``step-0.safetensors`` .. ``step-2.safetensors``: the whole weights before training and after
+  each step, gathered from the engine (peft's names in the LoRA case: merged only by the final save);
+- ``final/``: the folder ``save_merged_model`` writes;
+- ``result.json``: the engine, forwards and collectives counted per process and step (and the
+  main process's seconds per step), the probe texts embedded by the model in memory (through the
+  engine) and by the reloaded folder, and under DeepSpeed the precision and clipping it was given.
+
+Cases: ``plain`` (no GradCache, several length-sorted chunks per side), ``gradcache`` (mini-batches
+of 2 over rows with 0, 1 or 2 hard negatives, so processes cut different numbers of chunks),
+``lora_gradcache`` (LoRA through peft, GradCache, activation checkpointing) and ``tiny_bucket``
+(``gradcache`` with a ZeRO-3 reduce bucket smaller than one weight: ZeRO-3 only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch.distributed as dist
+from datasets import Dataset
+from peft import LoraConfig
+from safetensors.torch import save_file
+from transformers import AutoModel, TrainerCallback
+
+from e5mistral import E5Embedder, E5MistralModel
+from e5mistral.testing import make_tiny_model_folder
+from e5mistral.tokenization import load_tokenizer
+from e5mistral.training.arguments import E5TrainingArguments
+from e5mistral.training.engines import zero3_init_disabled
+from e5mistral.training.trainer import E5Trainer
+
+WORDS = ["river", "mountain", "coffee", "engine", "violin", "planet", "garden", "castle", "tiger", "bridge"]
+PROBES = ["Instruct: Find it\nQuery: river tiger", "about the castle and the garden", "violin", "planet 7 engine"]
+COUNTED = (
+    "reduce_scatter_single", "reduce_scatter_tensor", "reduce_scatter", "all_gather_single", "all_gather_into_tensor",
+    "all_gather", "all_reduce", "broadcast",
+)
+
+
+def rows(n: int = 16) -> Dataset:
+    """Rows with 0, 1 or 2 hard negatives and texts of varied length: processes hold different documents."""
+    out = []
+    for i in range(n):
+        a, b = WORDS[i % 10], WORDS[(3 * i + 1) % 10]
+        out.append(
+            {
+                "query": f"{a} {b} {i}" + " and more words" * (i % 4),
+                "positive": f"about the {a} and the {b} {i}" + " with details" * (i % 3),
+                "negatives": [f"about the {b} {i + 7}", f"the {a} {i + 3} again"][: i % 3],
+                "instruction": "Find it",
+                "task": "t",
+                "language": "en",
+            }
+        )
+    return Dataset.from_list(out)
+
+
+class Counters:
+    """Counts forwards of the model and collectives, per training step (this process)."""
+
+    def __init__(self):
+        self.active = False
+        self.steps: list[Counter] = []
+        self.seconds: list[float] = []
+        for name in COUNTED:
+            original = getattr(dist, name)
+
+            def counted(*args, _name=name, _original=original, **kwargs):
+                if self.active:
+                    self.steps[-1][_name] += 1
+                return _original(*args, **kwargs)
+
+            setattr(dist, name, counted)
+
+    def forward_hook(self, module, args, kwargs):
+        if self.active:
+            self.steps[-1]["forward"] += 1
+
+
+class StepRecorder(TrainerCallback):
+    """Counts per step and, after each step, the whole weights (gathered: a collective on every process)."""
+
+    def __init__(self, trainer, counters: Counters, folder: Path):
+        self.trainer, self.counters, self.folder = trainer, counters, folder
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.save(0)  # the prepared model before any step: the same start under every engine
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.counters.steps.append(Counter())
+        self.counters.active = True
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.counters.active = False
+        self.counters.seconds.append(time.perf_counter() - self.started)  # for benchmarks; no test reads it
+        self.save(state.global_step)
+
+    def save(self, step: int) -> None:
+        state_dict = self.trainer.accelerator.get_state_dict(self.trainer.model_wrapped)
+        if self.trainer.accelerator.is_main_process:
+            tensors = {k: v.detach().float().cpu().contiguous() for k, v in state_dict.items()}
+            save_file(tensors, str(self.folder / f"step-{step}.safetensors"))
+
+
+def run_case(case: str, out: Path, base: Path, counters: Counters) -> None:
+    folder = out / case
+    args = E5TrainingArguments(
+        output_dir=str(folder),
+        per_device_train_batch_size=4,
+        max_steps=2,
+        optim="sgd",
+        learning_rate=1.0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        max_grad_norm=0.0,
+        temperature=0.05,
+        num_negatives=None,
+        query_max_length=32,
+        passage_max_length=32,
+        mini_batch_size=None if case == "plain" else 2,
+        chunk_positions=24,  # several chunks per side in the plain case
+        activation_checkpointing=case == "lora_gradcache",
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+        seed=0,
+        data_seed=0,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    with args.main_process_first(desc="writing the base model"):
+        if not (base / "config.json").exists():
+            make_tiny_model_folder(base, seed=0)
+    tokenizer = load_tokenizer(str(base))
+    model = E5MistralModel.from_pretrained(str(base))
+    peft_config = None
+    if case == "lora_gradcache":
+        peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
+    trainer = E5Trainer(model, args, train_dataset=rows(), processing_class=tokenizer, peft_config=peft_config)
+    if case == "tiny_bucket":
+        # Smaller than one weight (32 x 32): ZeRO-3 reduces (and, without deferral, overwrites) bucket by bucket.
+        trainer.accelerator.state.deepspeed_plugin.hf_ds_config.config["zero_optimization"]["reduce_bucket_size"] = 100
+    trainer.add_callback(StepRecorder(trainer, counters, folder))
+    counters.steps, counters.seconds = [], []
+    handle = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    hook = handle.register_forward_pre_hook(counters.forward_hook, with_kwargs=True)
+    trainer.train()
+    hook.remove()
+
+    # The trained model in memory, through the engine, as the trainer's evaluation embeds (its private hook).
+    with trainer._model_for_evaluation() as engine_model:
+        in_memory = E5Embedder(engine_model, tokenizer).encode(PROBES)  # (P, H)
+    final = trainer.save_merged_model(str(folder / "final"))
+    steps = [dict(c) for c in counters.steps]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, steps)
+    if trainer.accelerator.is_main_process:
+        with zero3_init_disabled():
+            reloaded_model = AutoModel.from_pretrained(str(final))
+        reloaded = E5Embedder(reloaded_model, load_tokenizer(str(final))).encode(PROBES)  # (P, H)
+        result = {
+            "engine": trainer.engine,
+            "processes": trainer.accelerator.num_processes,
+            "steps_per_process": gathered,
+            "step_seconds": counters.seconds,  # this process's wall time per step (the first includes warm-up)
+            "in_memory": in_memory.tolist(),
+            "reloaded": reloaded.tolist(),
+            "final_files": sorted(p.name for p in Path(final).iterdir()),
+        }
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None:  # what DeepSpeed was configured with, "auto" values filled from the arguments
+            config = plugin.deepspeed_config
+            result["deepspeed"] = {key: config.get(key) for key in ("gradient_clipping", "bf16", "fp16")}
+        (folder / "result.json").write_text(json.dumps(result, indent=1))
+    trainer.accelerator.wait_for_everyone()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--cases", default="plain,gradcache,lora_gradcache")
+    parser.add_argument("--hang_timeout", type=float, default=400, help="seconds per case before a hang is reported")
+    options = parser.parse_args()
+    out = Path(options.out)
+    counters = Counters()
+    for case in options.cases.split(","):
+        faulthandler.dump_traceback_later(options.hang_timeout, exit=True)  # a hang prints where, then exits
+        run_case(case, out, out / "base", counters)
+    faulthandler.cancel_dump_traceback_later()
+    dist.destroy_process_group()  # a process group left to the interpreter's exit can abort it
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
