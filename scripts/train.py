@@ -39,10 +39,18 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed
+
+from e5mistral.training.engines import has_accelerator
+
+if not has_accelerator():  # DeepSpeed, when installed, otherwise warns on import that it picked the CPU
+    import os
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+from transformers import AutoModel, AutoTokenizer, TrainingArguments, set_seed  # noqa: E402
 from trl import ModelConfig, TrlParser
 
-from e5mistral import E5MistralModel, ensure_eos, format_query
+from e5mistral import CheckpointMismatchError, E5MistralModel, ensure_eos, format_query
 from e5mistral.errors import UserError, run_command
 from e5mistral.training.arguments import E5ModelConfig, E5ScriptArguments, E5TrainingArguments
 from e5mistral.training.data import load_training_data
@@ -84,9 +92,12 @@ def load_model_and_tokenizer(model_args: E5ModelConfig, training_args: E5Trainin
     check_model_path(path)
     tokenizer = ensure_eos(load_tokenizer(path, revision=model_args.model_revision))
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
-    model = E5MistralModel.from_pretrained(
-        path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
-    )
+    try:
+        model = E5MistralModel.from_pretrained(
+            path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
+        )
+    except CheckpointMismatchError as error:  # weights that would be dropped or left random: the user's to fix
+        raise UserError(str(error).replace("\n", " ")) from None
     return model, tokenizer
 
 

@@ -250,3 +250,16 @@ def test_code_and_docstrings_cite_only_documents_the_repository_has():
     missing = sorted({f"{name} (in {path.relative_to(ROOT)})" for name, path in cited if not (ROOT / name).exists()})
     assert not missing, missing
     assert {name for name, _ in cited} >= {"README.md"}  # the scan does find citations
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_is_one_error_line(train_script, tmp_path):
+    from e5mistral.testing import make_tiny_family_checkpoint, make_tiny_tokenizer
+
+    base = make_tiny_family_checkpoint("qwen2", tmp_path / "qwen2")  # q/k/v biases
+    make_tiny_tokenizer().save_pretrained(base)
+    config = json.loads((base / "config.json").read_text())
+    config.update(model_type="mistral", architectures=["MistralForCausalLM"])  # mislabelled: biases would drop
+    (base / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match=r"q_proj\.bias") as error:
+        run_main(train_script, ["--config", DEMO, "--model_name_or_path", str(base), "--output_dir", str(tmp_path / "o")])
+    assert "\n" not in str(error.value)
