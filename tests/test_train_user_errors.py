@@ -263,3 +263,25 @@ def test_a_checkpoint_whose_weights_do_not_fit_is_one_error_line(train_script, t
     with pytest.raises(UserError, match=r"q_proj\.bias") as error:
         run_main(train_script, ["--config", DEMO, "--model_name_or_path", str(base), "--output_dir", str(tmp_path / "o")])
     assert "\n" not in str(error.value)
+
+
+# ---- item 3: the floors declared are the releases tested ----
+
+
+def test_declared_dependency_floors_are_met_by_the_tested_environment():
+    import configparser
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    requirements = [Requirement(line) for line in config["options"]["install_requires"].split("\n") if line.strip()]
+    floors = {r.name: r for r in requirements if any(s.operator == ">=" for s in r.specifier)}
+    assert {"torch", "transformers", "datasets", "peft", "trl", "accelerate"} <= set(floors)
+    for name, requirement in floors.items():
+        assert requirement.specifier.contains(version(name), prereleases=True), (name, version(name), requirement)
+    # the floor of transformers has what the suite uses (activation_checkpointing arrived in a later 5.x)
+    from transformers import TrainingArguments
+
+    assert "activation_checkpointing" in TrainingArguments.__dataclass_fields__
