@@ -75,7 +75,7 @@ def load_model_and_tokenizer(model_args: E5ModelConfig, training_args: E5Trainin
     random model written to ``<output_dir>/tiny-base-model`` first."""
     from transformers.utils import logging as hf_logging
 
-    from e5mistral.tokenization import check_model_path, load_tokenizer
+    from e5mistral.tokenization import load_tokenizer
 
     path = model_args.model_name_or_path
     if path is None and model_args.tiny_model:
@@ -89,7 +89,6 @@ def load_model_and_tokenizer(model_args: E5ModelConfig, training_args: E5Trainin
                 hf_logging.enable_progress_bar()
     if path is None:
         raise UserError("model_name_or_path is unset: pass --model_name_or_path <Hub id or folder> (or --tiny_model true).")
-    check_model_path(path)
     tokenizer = ensure_eos(load_tokenizer(path, revision=model_args.model_revision))
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     try:
