@@ -263,11 +263,14 @@ def main(script_args: E5ScriptArguments, training_args: E5TrainingArguments, mod
 
 
 def resume_command() -> str:
-    """This script's command line as typed (behind the same launcher, when one started it)."""
+    """This script's command line as typed (behind the same launcher, when one started it), secrets
+    (a ``--hub_token``, URL credentials) redacted as everywhere else."""
     import os
 
+    from e5mistral.synthetic.llm import redact
+
     launcher = "accelerate launch <the same launch options> " if "LOCAL_RANK" in os.environ else "python "
-    return launcher + " ".join(shlex.quote(a) for a in sys.argv)
+    return launcher + " ".join(shlex.quote(redact(a)) for a in sys.argv)
 
 
 def write_run_record(folder: Path, trainer, script_args, model_args, train, dev, before, after) -> None:

@@ -205,7 +205,8 @@ def test_rerunning_the_same_command_resumes_from_the_last_checkpoint(train_scrip
 def test_ctrl_c_saves_a_checkpoint_and_prints_the_command_that_resumes(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, str(SCRIPT), "--config", DEMO, "--output_dir", str(out), "--logging_steps", "1"]
-    process = subprocess.Popen(command, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    token = ["--hub_token", "hf_notarealtoken0123456789"]
+    process = subprocess.Popen(command + token, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:  # the first logged training step: training is under way
         if line.startswith("step ") and "loss" in line:
             break
@@ -216,6 +217,7 @@ def test_ctrl_c_saves_a_checkpoint_and_prints_the_command_that_resumes(tmp_path)
     saved = sorted(out.glob("checkpoint-*"))
     assert len(saved) == 1 and (saved[0] / "model.safetensors").exists()
     assert f"saved {saved[0]}" in stderr and "Resume with the same command" in stderr
+    assert "hf_notarealtoken0123456789" not in stderr + stdout  # the token given on the command line
     assert not (out / "model.safetensors").exists()  # an interrupted run does not save a "final" model
     assert "{'" not in stdout  # logs are lines, not dicts of strings
 
