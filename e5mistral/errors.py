@@ -14,10 +14,13 @@ Example:
 
 from __future__ import annotations
 
+import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-__all__ = ["USER_ERROR_EXIT", "UserError", "run_command"]
+from .secrets import redact
+
+__all__ = ["USER_ERROR_EXIT", "UserError", "resume_command", "run_command"]
 
 USER_ERROR_EXIT = 2
 
@@ -41,3 +44,22 @@ def run_command(main: Callable[[], int | None], *, interrupted: Callable[[], str
         message = interrupted() if interrupted is not None else "interrupted."
         print(f"\n{message}", file=sys.stderr)
         return 130
+
+
+def resume_command(argv: Sequence[str], prog: str | Sequence[str], *, launcher: str | None = None) -> str:
+    """The command line that reruns a command (and so resumes it), every argument passed through
+    :func:`~e5mistral.secrets.redact` (a ``--hub_token``, URL credentials), shell-quoted.
+
+    ``prog`` is the script path (``sys.argv[0]``) or the words that name the command (``("-m",
+    "e5mistral.cli.generate")``); ``launcher`` is put in front as it is (say ``"accelerate launch
+    <the same launch options>"``), the running interpreter when not given.
+
+    Example:
+        >>> resume_command(["--base-url", "http://me:pw@host/v1", "--output", "my out"], "gen.py").split(" ", 1)[1]
+        "gen.py --base-url 'http://***@host/v1' --output 'my out'"
+        >>> resume_command(["--output_dir", "out"], "scripts/train.py", launcher="python")
+        'python scripts/train.py --output_dir out'
+    """
+    words = [prog] if isinstance(prog, str) else list(prog)
+    head = launcher if launcher is not None else shlex.quote(sys.executable)
+    return f"{head} {shlex.join([*words, *(redact(arg) for arg in argv)])}"

@@ -30,9 +30,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from e5mistral.errors import UserError, run_command
+from e5mistral.cli import generate as generate_command
+from e5mistral.cli import push as push_command
+from e5mistral.errors import UserError, resume_command, run_command
 from e5mistral.synthetic.builder import read_generation_log
-from e5mistral.synthetic.generate import request_seed
+from e5mistral.synthetic.plan import request_seed
 from e5mistral.testing import ScriptedServer, always_valid, valid_answer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +73,7 @@ def is_sts(body: dict) -> bool:
 def test_generation_without_a_valid_example_fails_naming_the_reasons_and_exports_nothing(tmp_path, capsys):
     out = tmp_path / "out"
     with ScriptedServer(lambda body, arrival: ("content", "Sorry, I cannot write JSON.")) as server:
-        code = load_script("generate_data").main(generation_args(server.url, out, kinds="short_long,sts", n=3))
+        code = generate_command.main(generation_args(server.url, out, kinds="short_long,sts", n=3))
     assert code == 1
     captured = capsys.readouterr()
     error = [line for line in captured.err.splitlines() if line.startswith("error:")]
@@ -94,7 +96,7 @@ def test_kind_without_a_valid_example_is_warned_in_the_summary(tmp_path, capsys)
 
     out = tmp_path / "out"
     with ScriptedServer(behave) as server:
-        code = load_script("generate_data").main(generation_args(server.url, out, kinds="short_long,sts", n=3))
+        code = generate_command.main(generation_args(server.url, out, kinds="short_long,sts", n=3))
     assert code == 0  # short_long has examples: the dataset is exported, without sts
     printed = capsys.readouterr().out.splitlines()
     assert printed[-1] == "WARNING: kind sts has no valid example: 3 requests logged, failures: invalid_json 3"
@@ -103,8 +105,7 @@ def test_kind_without_a_valid_example_is_warned_in_the_summary(tmp_path, capsys)
 
 
 def test_resume_command_redacts_credentials_of_the_base_url():
-    script = load_script("generate_data")
-    command = script.resume_command(["--base-url", "http://me:PLANTED-pw-123@host:8000/v1", "--output", "o"], "g.py")
+    command = resume_command(["--base-url", "http://me:PLANTED-pw-123@host:8000/v1", "--output", "o"], "g.py")
     assert "PLANTED" not in command
     assert shlex.split(command) == [sys.executable, "g.py", "--base-url", "http://***@host:8000/v1", "--output", "o"]
 
@@ -200,7 +201,7 @@ def test_push_offline_says_hf_hub_offline_is_set(tiny_folder, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_PLANTEDofflineToken123")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)  # conftest sets it before the import
     with pytest.raises(UserError) as info:
-        load_script("push_to_hub").main(["model", "--model", str(tiny_folder), "--repo-id", "me/tiny"])
+        push_command.main(["model", "--model", str(tiny_folder), "--repo-id", "me/tiny"])
     assert str(info.value) == (
         "cannot upload me/tiny: HF_HUB_OFFLINE is set, so the Hub is not contacted; unset it, "
         "or pass --local-dir DIR to write the folder without uploading"
@@ -234,8 +235,7 @@ def test_push_input_mistakes_are_one_error_line_before_any_work(case, message, t
         "missing_results": ["model", "--model", str(tiny_folder), "--results", str(tmp_path / "results.json"),
                             "--local-dir", str(tmp_path / "new")],
     }[case]  # fmt: skip
-    script = load_script("push_to_hub")
-    assert run_command(lambda: script.main([*argv, "--repo-id", "me/x"])) == 2
+    assert run_command(lambda: push_command.main([*argv, "--repo-id", "me/x"])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert re.search(message, err[0]), err[0]
@@ -310,7 +310,7 @@ def test_generation_with_push_to_hub_and_no_token_fails_before_any_request(tmp_p
     out = tmp_path / "out"
     with ScriptedServer(always_valid) as server:
         argv = [*generation_args(server.url, out, kinds="sts", n=2), "--push-to-hub", "me/data"]
-        assert run_command(lambda: load_script("generate_data").main(argv)) == 2
+        assert run_command(lambda: generate_command.main(argv)) == 2
         assert not server.arrivals  # not one request was made
     assert capsys.readouterr().err.strip() == (
         "error: no Hugging Face token to upload with: set HF_TOKEN or run `hf auth login`, or leave out "
@@ -320,7 +320,7 @@ def test_generation_with_push_to_hub_and_no_token_fails_before_any_request(tmp_p
 
 
 def test_bitext_with_a_single_language_is_refused_before_any_request(tmp_path):
-    from e5mistral.synthetic.generate import GenerationConfig
+    from e5mistral.synthetic.plan import GenerationConfig
 
     with pytest.raises(ValueError, match="bitext pairs two languages"):
         GenerationConfig(kinds=("sts", "bitext"), examples_per_kind=2, languages={"en": 1.0})

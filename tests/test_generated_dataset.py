@@ -8,7 +8,6 @@ comma list in `dataset_config` picks kinds; and `scripts/train.py` trains on the
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from e5mistral.cli import generate as generate_command
 from e5mistral.errors import UserError
 from e5mistral.synthetic import KINDS, training_rows_from_log
 from e5mistral.testing import ScriptedServer
@@ -32,16 +32,13 @@ def _row_key(row: dict) -> tuple:
 
 
 def _generate(output: Path, kinds=KINDS) -> None:
-    spec = importlib.util.spec_from_file_location("generate_data_script", REPO / "scripts" / "generate_data.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     with ScriptedServer() as server:
         argv = [
             "--base-url", server.url, "--model", "scripted", "--kinds", ",".join(kinds),
             "--examples-per-kind", str(EXAMPLES_PER_KIND), "--languages", "en:3,de,fr", "--concurrency", "4",
             "--seed", "0", "--timeout", "5", "--backoff-base", "0.01", "--no-progress", "--output", str(output),
         ]  # fmt: skip
-        assert script.main(argv) == 0
+        assert generate_command.main(argv) == 0
 
 
 @pytest.fixture(scope="module")

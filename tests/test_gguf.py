@@ -262,12 +262,9 @@ def test_command_line(tiny, tmp_path, capsys):
     assert summary in done.stdout, done.stdout
     check_eos(AutoTokenizer.from_pretrained(tmp_path / "cli"))
 
-    import importlib.util
+    from e5mistral.cli import import_gguf as import_gguf_command
 
-    spec = importlib.util.spec_from_file_location("import_gguf_script", REPO / "scripts" / "import_gguf.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    assert run_command(lambda: script.main([str(tiny["q8_0"]["gguf"]), str(tmp_path / "cli")])) == 2
+    assert run_command(lambda: import_gguf_command.main([str(tiny["q8_0"]["gguf"]), str(tmp_path / "cli")])) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: output folder") and "is not empty" in err and "\n" not in err
 

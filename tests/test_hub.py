@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -16,6 +15,7 @@ import torch
 import yaml
 
 from e5mistral.testing import assert_close, fresh_process_env
+from e5mistral.cli import push as push_command
 from e5mistral.hub import collect_model_info, export_dataset_folder, export_model_folder, push_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,20 +251,12 @@ class FakeApi:
         return f"https://huggingface.co/{repo_id}/commit/abc"
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_push_script_uploads_exactly_the_local_dir_and_never_writes_the_token(run_folder, tmp_path, monkeypatch):
     import huggingface_hub
 
     FakeApi.calls = []
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_123")
-    script = _load_script("push_to_hub")
     common = [
         "model",
         "--model",
@@ -275,13 +267,13 @@ def test_push_script_uploads_exactly_the_local_dir_and_never_writes_the_token(ru
         str(run_folder.parent / "results.json"),
     ]
 
-    folder, url = script.main([*common, "--local-dir", str(tmp_path / "out")])
+    folder, url = push_command.publish([*common, "--local-dir", str(tmp_path / "out")])
     assert url is None and not [
         c for c in FakeApi.calls if c[0] == "upload_folder"
     ]  # --local-dir alone uploads nothing
     local_files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
-    _, url = script.main(common)
+    _, url = push_command.publish(common)
     (init, create, upload) = FakeApi.calls
     assert init == ("init", "hf_secret_token_123") and create == ("create_repo", "me/my-e5", "model", False)
     assert upload[3] == local_files and url.endswith("/commit/abc")
@@ -328,8 +320,7 @@ def test_dataset_folder_stages_and_loads_offline(tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == rows
 
-    script = _load_script("push_to_hub")
-    folder, url = script.main(
+    folder, url = push_command.publish(
         ["dataset", "--data", str(data), "--repo-id", "me/data", "--local-dir", str(tmp_path / "cli")]
     )
     assert url is None

@@ -18,28 +18,27 @@ from pathlib import Path
 import pytest
 import torch
 
+from e5mistral.cli import generate as generate_command
 from e5mistral.errors import UserError
 from e5mistral.synthetic import schemas as schemas_module
 from e5mistral.synthetic.builder import KINDS, OUTPUT_FIELDS, read_generation_log
-from e5mistral.synthetic.generate import GenerationConfig, extract_json, run_generation
+from e5mistral.synthetic.generate import run_generation
 from e5mistral.synthetic.llm import EndpointPool, TransformersChatBackend
+from e5mistral.synthetic.plan import GenerationConfig
 from e5mistral.synthetic.schemas import answer_schema
 from e5mistral.synthetic.tasks import (
     BRAINSTORM_KINDS,
-    InvalidAnswer,
     brainstorm_messages,
     example_messages,
     fixed_task,
     plan_placeholders,
-    validate_brainstorm,
-    validate_example,
 )
+from e5mistral.synthetic.validation import InvalidAnswer, extract_json, validate_brainstorm, validate_example
 from e5mistral.testing import ScriptedServer, always_valid, make_tiny_tokenizer
 
 needs_llguidance = pytest.mark.skipif(
     importlib.util.find_spec("llguidance") is None, reason="llguidance (the local extra) is not installed"
 )
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "generate_data.py"
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
 FIELD_CHARS = 24  # strings of a random model run to their bound: keep them short
 MAX_NEW_TOKENS = 640  # > the longest bounded answer: 3 fields x 24 characters x 6 tokens (\uXXXX) + keys
@@ -77,13 +76,6 @@ def chat_folder(tmp_path_factory):
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
-
-
-def load_generate_data():
-    spec = importlib.util.spec_from_file_location("generate_data_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def backend_for(folder, **kwargs) -> TransformersChatBackend:
@@ -196,7 +188,7 @@ def test_generate_data_cli_with_a_local_model(chat_folder, tmp_path, monkeypatch
     """--local-model with --batch-size: the summary reports the valid share per kind."""
     for kind in ("sts", "bitext"):  # short fields, so the random model's answers end in time
         monkeypatch.setitem(schemas_module.FIELD_MAX_CHARS, kind, dict.fromkeys(OUTPUT_FIELDS[kind], FIELD_CHARS))
-    code = load_generate_data().main(
+    code = generate_command.main(
         ["--local-model", chat_folder, "--kinds", "sts,bitext", "--examples-per-kind", "3", "--languages", "en,de",
          "--max-tokens", str(MAX_NEW_TOKENS), "--batch-size", "3", "--concurrency", "6", "--no-progress",
          "--output", str(tmp_path / "out")]
@@ -265,7 +257,7 @@ def test_generate_data_cli_asks_for_schemas_by_default(tmp_path, capsys):
         return always_valid(body, arrival)
 
     with ScriptedServer(behave) as server:
-        code = load_generate_data().main(
+        code = generate_command.main(
             ["--base-url", server.url, "--model", "scripted", "--kinds", "sts", "--examples-per-kind", "2",
              "--languages", "en", "--no-progress", "--no-export", "--output", str(tmp_path / "out")]
         )  # fmt: skip

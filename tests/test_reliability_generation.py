@@ -19,8 +19,8 @@ the server's record of the Authorization header proves the token was really sent
 Hub token is not sent to a third-party LLM server, credentials in a --base-url stay out of the
 log and the card, and push_to_hub's errors from a Hub that echoes the token name no token.
 
-The LLM server is a stdlib-only script run as a subprocess (`SERVER_SOURCE`), so that killing
-it is a real process death: sockets reset, the port refuses.
+The LLM server is the test kit's loopback server run as a subprocess (`ServerProcess`, standard
+library only), so that killing it is a real process death: sockets reset, the port refuses.
 """
 
 from __future__ import annotations
@@ -28,14 +28,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import errno
-import importlib.util
 import json
 import logging
 import os
-import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -44,115 +39,21 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from e5mistral.cli import generate as generate_command
+from e5mistral.secrets import redact
 from e5mistral.synthetic.builder import read_generation_log
-from e5mistral.synthetic.generate import (
-    GenerationConfig,
-    GenerationLog,
-    GenerationLogError,
-    plan_requests,
-    request_seed,
-    run_generation,
-)
+from e5mistral.synthetic.generate import run_generation
 from e5mistral.synthetic.languages import parse_language_weights
-from e5mistral.synthetic.llm import EndpointPool, EndpointsUnreachable, FatalLLMError, redact
-
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "generate_data.py"
-
-
-# ------------------------------------------------------------------------------------------
-# A killable OpenAI-compatible server (stdlib only, started with `python -c`)
-# ------------------------------------------------------------------------------------------
-SERVER_SOURCE = r'''
-import json, sys, threading, time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-delay, mode, auth_log = float(sys.argv[1]), sys.argv[2], sys.argv[3]
-lock = threading.Lock()
+from e5mistral.synthetic.llm import EndpointPool, EndpointsUnreachable, FatalLLMError
+from e5mistral.synthetic.log import GenerationLog, GenerationLogError
+from e5mistral.synthetic.plan import GenerationConfig, plan_requests, request_seed
+from e5mistral.testing import ServerProcess
 
 
-def answer(body):
-    """Deterministic: depends only on the request (seed, turns), never on timing."""
-    seed, messages = body["seed"], body["messages"]
-    if '"tasks"' in messages[0]["content"]:
-        return json.dumps({"tasks": [f"Retrieve notes on topic {seed}, part {j} (über 中文)." for j in range(3)]})
-    if seed % 4 == 0 and len(messages) == 1:
-        return "Sorry, no JSON today."  # asked again, then valid
-    return json.dumps({
-        "user_query": f"query {seed} ünïcode 中文", "positive_document": f"positive {seed}",
-        "hard_negative_document": f"negative {seed}", "input_text": f"text {seed}",
-        "label": f"label-a {seed}", "misleading_label": f"label-b {seed}",
-        "S1": f"first {seed} 中文", "S2": f"second {seed}", "S3": f"third {seed}",
-    }, ensure_ascii=False)
-
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        auth = self.headers.get("Authorization", "")
-        with lock:  # one whole line per request, however many threads answer
-            sys.stdout.write(f"REQ {body.get('seed')}\n")
-            sys.stdout.flush()
-            if auth_log:
-                with open(auth_log, "a") as f:
-                    f.write(auth + "\n")
-        time.sleep(delay)
-        seed = body.get("seed") or 0
-        if mode == "unavailable":
-            code, payload = 503, json.dumps({"error": {"message": "overloaded"}})
-        elif mode == "echo401" or (mode == "echo500" and seed % 3 == 0 and '"tasks"' not in body["messages"][0]["content"]):
-            code = 401 if mode == "echo401" else 500
-            payload = json.dumps({"error": {"message": f"internal trouble; request had Authorization: {auth}"}})
-        else:
-            code, text = 200, answer(body)
-            payload = json.dumps({
-                "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": len(text) // 4, "total_tokens": 10 + len(text) // 4},
-            })
-        payload = payload.encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-server.daemon_threads = True
-print("PORT", server.server_address[1], flush=True)
-server.serve_forever()
-'''
-
-
-class LLMServer:
-    """The server above in its own process; `kill()` is a SIGKILL."""
-
-    def __init__(self, mode: str = "ok", delay: float = 0.02, auth_log: Path | None = None):
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", SERVER_SOURCE, str(delay), mode, str(auth_log or "")],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        port = self.process.stdout.readline().split()[1]
-        self.url = f"http://127.0.0.1:{port}/v1"
-
-    def kill(self) -> list[int]:
-        """Kill the process; returns the seeds of every request that reached it."""
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-        return [int(seed) for seed in re.findall(r"^REQ (\d+)$", self.process.stdout.read(), re.MULTILINE)]
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.process.poll() is None:
-            self.kill()
-        self.process.stdout.close()
+def LLMServer(mode: str = "reasked", delay: float = 0.02) -> ServerProcess:
+    """The loopback server in its own process (`kill()` is a SIGKILL): `mode` is one of the
+    test kit's behaviours (reasked, unavailable, leaky_401, leaky_500)."""
+    return ServerProcess(mode, delay=delay)
 
 
 CONFIG = GenerationConfig(
@@ -179,13 +80,6 @@ def make_pool(*urls: str, token: str | None = None) -> EndpointPool:
 def generate_into(log_path: Path, *urls: str, token: str | None = None) -> dict:
     pool = make_pool(*urls, token=token)
     return asyncio.run(run_generation(CONFIG, pool, log_path, concurrency=4, max_reasks=1, progress=False))
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("generate_data_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def comparable(log_path: Path) -> dict:
@@ -342,7 +236,7 @@ def test_disk_full_stops_with_a_clear_error_and_resume_completes(reference, tmp_
     with LLMServer() as server:
         with pytest.MonkeyPatch.context() as patch:
             state = fail_log_writes(patch, log_path, whole_writes=5, then="enospc")
-            code = load_script().main(["--base-url", server.url, *CLI_ARGS, "--no-progress", "--output", str(out)])
+            code = generate_command.main(["--base-url", server.url, *CLI_ARGS, "--no-progress", "--output", str(out)])
         assert code == 1 and state["faults"] >= 2
         err = capsys.readouterr().err
         assert f"could not append to the generation log {log_path}" in err
@@ -353,7 +247,7 @@ def test_disk_full_stops_with_a_clear_error_and_resume_completes(reference, tmp_
         assert len(read_generation_log(log_path)) == 5
 
         # The disk has room again: the same command resumes.
-        code = load_script().main(["--base-url", server.url, *CLI_ARGS, "--no-progress", "--no-export", "--output", str(out)])  # fmt: skip
+        code = generate_command.main(["--base-url", server.url, *CLI_ARGS, "--no-progress", "--no-export", "--output", str(out)])  # fmt: skip
         assert code == 0
     assert_complete_and_once(log_path, reference)
 
@@ -505,12 +399,11 @@ def test_env_tokens_never_leak_through_a_full_cli_run_with_500_errors(tmp_path, 
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
     out = tmp_path / "out"
-    auth_log = tmp_path / "auth.txt"
-    with LLMServer(mode="echo500", auth_log=auth_log) as server:
-        code = load_script().main(["--base-url", server.url, *CLI_ARGS, "--output", str(out)])  # progress bar on
+    with LLMServer(mode="leaky_500") as server:
+        code = generate_command.main(["--base-url", server.url, *CLI_ARGS, "--output", str(out)])  # progress bar on
     assert code == 0
     # The token did reach the server (so this test could fail), and only the LLM key did.
-    assert set(auth_log.read_text().splitlines()) == {f"Bearer {OPENAI_KEY}"}
+    assert set(server.authorizations) == {f"Bearer {OPENAI_KEY}"}
     # The 500s were recorded with the server's text, the echoed token cut out.
     failed = [r for r in read_generation_log(out / "raw" / "generations.jsonl") if r["status"] == "failed"]
     assert failed and all(r["failure"]["reason"] == "http_500" for r in failed)
@@ -526,14 +419,13 @@ def test_env_tokens_never_leak_through_a_full_cli_run_with_500_errors(tmp_path, 
 
 
 def test_explicit_token_never_leaks_and_a_401_error_names_no_token(tmp_path, debug_logging):
-    auth_log = tmp_path / "auth.txt"
     log_path = tmp_path / "ok" / "raw" / "generations.jsonl"
-    with LLMServer(mode="echo500", auth_log=auth_log) as server:
+    with LLMServer(mode="leaky_500") as server:
         summary = generate_into(log_path, server.url, token=EXPLICIT_TOKEN)
     assert summary["failures_by_reason"].get("http_500", 0) > 0
-    assert set(auth_log.read_text().splitlines()) == {f"Bearer {EXPLICIT_TOKEN}"}
+    assert set(server.authorizations) == {f"Bearer {EXPLICIT_TOKEN}"}
 
-    with LLMServer(mode="echo401", auth_log=auth_log) as server:
+    with LLMServer(mode="leaky_401") as server:
         pool = make_pool(server.url, token=EXPLICIT_TOKEN)
         assert_no_secret(repr(pool.endpoints), "the pool's repr")
         with pytest.raises(FatalLLMError) as info:
@@ -547,12 +439,11 @@ def test_explicit_token_never_leaks_and_a_401_error_names_no_token(tmp_path, deb
 
 def test_cli_401_exits_with_a_message_naming_no_token(tmp_path, monkeypatch, capsys, debug_logging):
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
-    auth_log = tmp_path / "auth.txt"
     out = tmp_path / "out"
-    with LLMServer(mode="echo401", auth_log=auth_log) as server:
-        code = load_script().main(["--base-url", server.url, *CLI_ARGS, "--no-progress", "--output", str(out)])
+    with LLMServer(mode="leaky_401") as server:
+        code = generate_command.main(["--base-url", server.url, *CLI_ARGS, "--no-progress", "--output", str(out)])
     assert code == 1
-    assert f"Bearer {OPENAI_KEY}" in auth_log.read_text()
+    assert f"Bearer {OPENAI_KEY}" in server.authorizations
     err = capsys.readouterr().err
     assert "answered 401" in err and f"0 of {TOTAL} requests logged" in err
     assert_no_secret(err, "stderr")
@@ -564,7 +455,7 @@ def test_credentials_in_the_base_url_stay_out_of_the_log_and_the_card(tmp_path, 
     out = tmp_path / "out"
     with LLMServer() as server:
         url = server.url.replace("http://", "http://user:PLANTED-url-password-42@")
-        code = load_script().main(["--base-url", url, *CLI_ARGS, "--no-progress", "--output", str(out)])
+        code = generate_command.main(["--base-url", url, *CLI_ARGS, "--no-progress", "--output", str(out)])
     assert code == 0
     assert "--base-url http://***@127.0.0.1" in (out / "README.md").read_text()  # the command, redacted
     assert {r["endpoint"] for r in read_generation_log(out / "raw" / "generations.jsonl")} == {server.url}
@@ -576,10 +467,9 @@ def test_credentials_in_the_base_url_stay_out_of_the_log_and_the_card(tmp_path, 
 def test_hub_token_is_not_sent_to_a_third_party_server(tmp_path, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)
-    auth_log = tmp_path / "auth.txt"
-    with LLMServer(mode="echo500", auth_log=auth_log) as server:
+    with LLMServer(mode="leaky_500") as server:
         generate_into(tmp_path / "raw" / "generations.jsonl", server.url)
-    assert set(auth_log.read_text().splitlines()) == {"Bearer EMPTY"}
+    assert set(server.authorizations) == {"Bearer EMPTY"}
     scan_folder(tmp_path / "raw")
 
 
@@ -594,12 +484,11 @@ def test_push_error_names_no_token(source, tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # conftest's; this "Hub" is local
     token = EXPLICIT_TOKEN if source == "argument" else None
     (tmp_path / "README.md").write_text("card")
-    auth_log = tmp_path / "auth.txt"
-    with LLMServer(mode="echo401", auth_log=auth_log) as hub:
+    with LLMServer(mode="leaky_401") as hub:
         monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", hub.url.removesuffix("/v1"))
         with pytest.raises(HfHubHTTPError) as info:
             push_to_hub(tmp_path, "me/synthetic", token=token)
-    assert f"Bearer {token or HUB_TOKEN}" in auth_log.read_text()
+    assert f"Bearer {token or HUB_TOKEN}" in hub.authorizations
     assert "401" in str(info.value) and "Bearer ***" in str(info.value)
     assert_no_secret("".join(traceback.format_exception(info.value)), "the push error")
     assert_no_secret(str(info.value.server_message), "the push error's server message")
@@ -628,17 +517,16 @@ def test_the_leak_scanner_finds_a_planted_token(tmp_path):
 def test_url_credentials_are_sent_as_basic_auth_instead_of_the_token(tmp_path, monkeypatch):
     """user:password in --base-url means HTTP Basic auth (as in curl), and then no bearer token."""
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
-    auth_log = tmp_path / "auth.txt"
-    with LLMServer(auth_log=auth_log) as server:
+    with LLMServer() as server:
         url = server.url.replace("http://", "http://user:PLANTED-url-password-42@")
         summary = generate_into(tmp_path / "raw" / "generations.jsonl", url)
     basic = "Basic " + base64.b64encode(b"user:PLANTED-url-password-42").decode()
-    assert sum(summary["examples"].values()) > 0 and set(auth_log.read_text().splitlines()) == {basic}
+    assert sum(summary["examples"].values()) > 0 and set(server.authorizations) == {basic}
     scan_folder(tmp_path / "raw")
 
 
 def test_proxies_come_from_the_environment_minus_no_proxy(monkeypatch):
-    from e5mistral.synthetic.llm import _env_proxy
+    from e5mistral.synthetic.llm.endpoints import _env_proxy
 
     for name in ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)

@@ -11,26 +11,25 @@ load with `load_dataset` in a fresh process with HF_HUB_OFFLINE=1.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from e5mistral.cli import generate as generate_command
 from e5mistral.synthetic.builder import KINDS, OUTPUT_FIELDS, dataset_rows, read_generation_log
-from e5mistral.synthetic.generate import GenerationConfig, plan_requests, request_seed, run_generation
+from e5mistral.synthetic.generate import run_generation
 from e5mistral.synthetic.languages import parse_language_weights
 from e5mistral.synthetic.llm import EndpointPool, FatalLLMError
-from e5mistral.synthetic.tasks import to_training_row
+from e5mistral.synthetic.plan import GenerationConfig, plan_requests, request_seed
+from e5mistral.synthetic.validation import to_training_row
 from e5mistral.testing import ScriptedServer, valid_answer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,13 +242,6 @@ CLI_ARGS = [
 ]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("generate_data_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _subprocess_env(offline: bool) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_CACHE"):
@@ -274,7 +266,7 @@ def server():
 def reference_dir(server, tmp_path_factory):
     """An uninterrupted run of the CLI (in-process), exported."""
     out = tmp_path_factory.mktemp("reference")
-    assert _load_script().main(["--base-url", server.url, *CLI_ARGS, "--output", str(out)]) == 0
+    assert generate_command.main(["--base-url", server.url, *CLI_ARGS, "--output", str(out)]) == 0
     return out
 
 
@@ -297,7 +289,7 @@ def test_killed_run_resumes_to_the_same_dataset(server, reference_dir, tmp_path)
     assert not (out / "README.md").exists()
 
     # Restart with the same arguments: it resumes and completes.
-    assert _load_script().main(["--base-url", server.url, *CLI_ARGS, "--output", str(out)]) == 0
+    assert generate_command.main(["--base-url", server.url, *CLI_ARGS, "--output", str(out)]) == 0
     assert _comparable(log_path) == _comparable(reference_dir / "raw" / "generations.jsonl")
     for kind in KINDS:
         killed = (out / "data" / kind / "train-00000-of-00001.parquet").read_bytes()
@@ -309,7 +301,7 @@ def test_resume_with_other_arguments_is_refused(server, reference_dir):
     args = list(CLI_ARGS)
     args[args.index("--seed") + 1] = "4"
     with pytest.raises(ValueError, match="seed=3, now seed=4"):
-        _load_script().main(["--base-url", server.url, *args, "--output", str(reference_dir)])
+        generate_command.main(["--base-url", server.url, *args, "--output", str(reference_dir)])
 
 
 LOAD_ALL = """
@@ -359,7 +351,7 @@ def test_export_loads_in_a_fresh_process_and_rows_round_trip(reference_dir, tmp_
 
 
 def test_builder_runs_the_generation_when_the_log_is_missing(server, tmp_path):
-    from e5mistral.synthetic.builder import E5SyntheticData
+    from e5mistral.synthetic import E5SyntheticData
 
     log_path = tmp_path / "raw" / "generations.jsonl"
     generation = {

@@ -20,14 +20,9 @@ from e5mistral.synthetic.builder import (
     features_for,
     read_generation_log,
 )
-from e5mistral.synthetic.generate import (
-    GenerationConfig,
-    GenerationLog,
-    _truncate_partial_last_line,
-    extract_json,
-    plan_requests,
-    summarize,
-)
+from e5mistral.synthetic.log import GenerationLog, truncate_partial_last_line
+from e5mistral.synthetic.plan import GenerationConfig, plan_requests
+from e5mistral.synthetic.summary import summarize
 from e5mistral.synthetic.languages import (
     DEFAULT_WEIGHTS,
     XLMR_LANGUAGES,
@@ -35,15 +30,18 @@ from e5mistral.synthetic.languages import (
     sample_language,
     sample_language_pair,
 )
-from e5mistral.synthetic.llm import retry_after_seconds
+from e5mistral.synthetic.llm.endpoints import retry_after_seconds
 from e5mistral.synthetic.tasks import (
     BRAINSTORM_KINDS,
     PLACEHOLDER_VALUES,
-    InvalidAnswer,
     brainstorm_messages,
     example_messages,
     num_templates,
     plan_placeholders,
+)
+from e5mistral.synthetic.validation import (
+    InvalidAnswer,
+    extract_json,
     to_training_row,
     validate_brainstorm,
     validate_example,
@@ -293,7 +291,7 @@ def test_log_repairs_a_cut_last_line_and_keeps_the_first_record_per_id(tmp_path)
     ).encode()
     path.write_bytes(data[: data.index("Ü".encode()) + 1])
     assert [r["id"] for r in read_generation_log(path)] == [first["id"]]
-    _truncate_partial_last_line(path, chunk=8)
+    truncate_partial_last_line(path, chunk=8)
     assert path.read_bytes() == (json.dumps(first) + "\n").encode()
     path.write_text(json.dumps(first) + "\n{broken\n" + json.dumps(second) + "\n")
     with pytest.raises(ValueError, match=r"log.jsonl:2: not a JSON line"):

@@ -1,9 +1,17 @@
 """Synthetic training data, the E5-mistral way: two-step LLM generation of six task kinds.
 
-Modules: `tasks` (templates, placeholders, validation, training rows), `languages` (XLM-R list
-and weights), `llm` (OpenAI-compatible endpoints, local transformers model), `generate` (the
-pipeline, resumable), `builder` (the self-contained `datasets` builder), `export` (Hub-ready
-folder and push).
+Modules, each importing only those listed before it (`builder` and `languages` import nothing
+of the package):
+
+- `builder`: the data format (kinds, fields, the log reader) and the self-contained `datasets`
+  builder, copied beside the Parquet files as the recipe;
+- `languages`: the XLM-R language list and weights;
+- `tasks`: prompt templates and placeholders; `schemas`: each answer's JSON schema;
+- `validation`: JSON extraction, the validators, training rows;
+- `plan`: the requests of a run; `log`: the append-only generation log; `summary`: its statistics;
+- `llm`: the backends (OpenAI-compatible endpoints, a local transformers model);
+- `generate`: the pipeline, resumable, and the builder that generates a missing log;
+- `export`: the Hub-ready folder, pushed through :mod:`e5mistral.hub`.
 
 Example:
     >>> from e5mistral.synthetic import load_sample_training_rows
@@ -18,8 +26,9 @@ import os
 from importlib import resources
 from typing import Any
 
-from .builder import KINDS, OUTPUT_FIELDS, E5SyntheticData, dataset_rows, read_generation_log
-from .tasks import to_training_row
+from .builder import KINDS, OUTPUT_FIELDS, dataset_rows, read_generation_log
+from .generate import E5SyntheticData
+from .validation import to_training_row
 
 __all__ = [
     "KINDS",

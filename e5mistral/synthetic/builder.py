@@ -4,8 +4,9 @@ This file is self-contained (it imports only the standard library and `datasets`
 it can sit in the dataset repository beside the Parquet files as the recipe that made them. It
 reads the append-only generation log written by `e5mistral.synthetic.generate` (JSONL, one
 line per request id) and yields the successful examples of one kind, ordered by request
-position, with exact duplicates dropped. Given a `generation` dict instead of an existing log
-it runs the generation first (that path needs the `e5mistral` package installed).
+position, with exact duplicates dropped. It imports nothing of `e5mistral`: to create a missing
+log first (a `generation` dict), use `e5mistral.synthetic.E5SyntheticData`, the subclass in
+`e5mistral.synthetic.generate` that runs the generation.
 
 `datasets` >= 4 does not run loading scripts from a repository: on the Hub, load the Parquet
 files (`load_dataset(repo, "short_long")`); use this builder directly to rebuild them:
@@ -157,8 +158,8 @@ def dataset_rows(records: Iterable[dict[str, Any]], kind: str) -> Iterator[dict[
 @dataclasses.dataclass
 class E5SyntheticConfig(datasets.BuilderConfig):
     """One task kind. `log_path`: the generation log to build from (else the `train` data file);
-    `generation`: keyword arguments of `e5mistral.synthetic.generate.generate`, used to create
-    the log first when it does not exist yet."""
+    `generation`: keyword arguments of `e5mistral.synthetic.generate.generate`, with which
+    `e5mistral.synthetic.E5SyntheticData` creates the log first when it does not exist yet."""
 
     log_path: str | None = None
     generation: dict[str, Any] | None = None
@@ -184,12 +185,16 @@ class E5SyntheticData(datasets.GeneratorBasedBuilder):
                 "(or data_files={'train': ...}), or log_path plus generation={...} to create it"
             )
         if not os.path.exists(path):
-            if self.config.generation is None:
-                raise FileNotFoundError(f"generation log {path} does not exist; pass generation={{...}} to create it")
-            from e5mistral.synthetic.generate import generate  # needs the e5mistral package
-
-            generate(log_path=path, **self.config.generation)
+            self._create_log(path)
         return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"path": path})]
+
+    def _create_log(self, path: str) -> None:
+        """Called when the log is missing; `e5mistral.synthetic.generate.E5SyntheticData` runs the generation here."""
+        if self.config.generation is None:
+            fix = "pass generation={...} to e5mistral.synthetic.E5SyntheticData to create it"
+        else:
+            fix = "this builder does not generate: pass generation={...} to e5mistral.synthetic.E5SyntheticData"
+        raise FileNotFoundError(f"generation log {path} does not exist; {fix}")
 
     def _generate_examples(self, path):
         for row in dataset_rows(read_generation_log(path), self.config.name):

@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..hub.publish import push_folder
 from .builder import KINDS, E5SyntheticData, read_generation_log
-from .generate import summarize
-from .llm import redact
+from .summary import summarize
 
-__all__ = ["DEFAULT_CARD_TEMPLATE", "export_dataset", "push_to_hub", "render_card"]
+__all__ = ["BUILDER_RELPATH", "DEFAULT_CARD_TEMPLATE", "LOG_RELPATH", "export_dataset", "push_to_hub", "render_card"]
 
 LOG_RELPATH = "raw/generations.jsonl"
 BUILDER_RELPATH = "recipe/e5mistral_synthetic.py"
@@ -52,7 +52,7 @@ def render_card(
     generation_command: str | None = None,
 ):
     """Render the dataset card (a `huggingface_hub.DatasetCard`) from the Jinja template, with
-    the YAML `configs:` block and the statistics of :func:`~e5mistral.synthetic.generate.summarize`.
+    the YAML `configs:` block and the statistics of :func:`~e5mistral.synthetic.summary.summarize`.
     """
     from huggingface_hub import DatasetCard, DatasetCardData
 
@@ -138,26 +138,18 @@ def push_to_hub(
 ) -> str:
     """Create the dataset repo (if needed) and upload the exported folder; returns the commit URL.
 
-    The token comes from `token`, else `HF_TOKEN`, else the saved `hf auth login`; it is only
-    passed to `HfApi`, never written to a file, and cut out of the message of an HTTP error
-    (whose server text could echo it).
-    """
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
+    The upload is :func:`e5mistral.hub.push_folder`'s, with its error contract: the token comes
+    from `token`, else `HF_TOKEN`, else the saved `hf auth login`; it is only passed to `HfApi`,
+    never written to a file, and cut out of the message of an HTTP error (whose server text could
+    echo it). Wrap the call in :func:`e5mistral.hub.hub_errors_as_user_errors` for one-line errors.
 
+    Example:
+        >>> push_to_hub("out", "me/e5-synthetic", private=True)  # doctest: +SKIP
+        'https://huggingface.co/datasets/me/e5-synthetic/commit/...'
+    """
     output_dir = Path(output_dir)
     if not (output_dir / "README.md").exists():
         raise FileNotFoundError(f"{output_dir}/README.md missing; run export_dataset({str(output_dir)!r}) first")
-    token = token or os.environ.get("HF_TOKEN") or None
-    api = HfApi(token=token)
-    try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        commit = api.upload_folder(
-            folder_path=str(output_dir), repo_id=repo_id, repo_type="dataset", commit_message=commit_message
-        )
-    except HfHubHTTPError as error:
-        secrets = [token or "", get_token() or ""]
-        error.args = tuple(redact(a, secrets) if isinstance(a, str) else a for a in error.args)
-        error.server_message = redact(error.server_message or "", secrets) or None
-        raise
-    return str(commit)
+    return push_folder(
+        output_dir, repo_id, "dataset", private=private, token=token, commit_message=commit_message
+    )

@@ -2,40 +2,26 @@
 
 How a run works:
 
-1. :func:`plan_requests` lays out every request from the arguments alone: for each kind,
-   `ceil(examples_per_kind / examples_per_brainstorm)` brainstorm requests (asymmetric kinds
-   only) and `examples_per_kind` example requests. Request `i` of a kind gets the id
-   `"{seed}-{kind}-example-{i:06d}"` and draws its template, language(s), placeholder values,
-   brainstorm and task position from `random.Random(f"{seed}:{kind}:example:{i}")`, so the
-   plan never depends on timing.
+1. :func:`~e5mistral.synthetic.plan.plan_requests` lays out every request from the arguments
+   alone (see :mod:`~e5mistral.synthetic.plan`), so the plan never depends on timing.
 2. Brainstorms run first, then examples, each request in a fresh conversation, under a
    concurrency limit. Each request carries its answer's JSON schema
    (:func:`~e5mistral.synthetic.schemas.answer_schema`) to the backend, which asks a server for
    it as a structured output or enforces it while decoding a local model. An answer is parsed
-   strictly (:func:`extract_json`: plain JSON, a fenced block, or JSON inside prose; never
-   `eval`) and validated (`tasks.validate_*`); an unusable answer is asked again, naming the
-   fault, up to `max_reasks` times, then recorded as a failure with its reason. Transient HTTP
-   faults are retried inside the backend.
-3. Each finished request is appended to the generation log (JSONL, one line per request id,
-   one `write` per line) as soon as it finishes. A restarted run skips the ids already logged,
-   so a killed run resumed with the same arguments ends with the same log contents and the
-   same dataset (rows are ordered by request position, exact duplicates dropped, see
-   `builder.dataset_rows`).
+   strictly and validated (:mod:`~e5mistral.synthetic.validation`); an unusable answer is asked
+   again, naming the fault, up to `max_reasks` times, then recorded as a failure with its reason.
+   Transient HTTP faults are retried inside the backend.
+3. Each finished request is appended to the generation log (:mod:`~e5mistral.synthetic.log`) as
+   soon as it finishes. A restarted run skips the ids already logged, so a killed run resumed
+   with the same arguments ends with the same log contents and the same dataset (rows are
+   ordered by request position, exact duplicates dropped, see `builder.dataset_rows`).
 
-Faults that stop a run, and what a rerun of the same command does about them:
-
-- The server goes away (connection refused or reset, 429/502/503 through every retry): the
-  request is not recorded but left pending (:class:`~e5mistral.synthetic.llm.EndpointsUnreachable`
-  stops the run; requests in flight are cancelled unrecorded); the rerun asks it again. Only
-  failures that belong to the request (an unusable answer, HTTP 500, a hang past the timeout)
-  are recorded as final, so the log never depends on when a server vanished.
-- A write to the log fails (disk full, I/O error): the bytes of that record are cut off again,
-  so the log ends on a whole line, and :class:`GenerationLogError` stops the run naming the
-  log path; the record's request is pending.
-- A kill mid-write leaves a torn last line: it is cut off when the log is opened again, and
-  its request is asked again.
-- Two runs on one log at once: refused (an exclusive lock on the log), since both would ask
-  the same pending requests.
+The server going away (connection refused or reset, 429/502/503 through every retry) leaves the
+request pending, not recorded (:class:`~e5mistral.synthetic.llm.EndpointsUnreachable` stops the
+run; requests in flight are cancelled unrecorded), and the rerun asks it again. Only failures
+that belong to the request (an unusable answer, HTTP 500, a hang past the timeout) are recorded
+as final, so the log never depends on when a server vanished. The log's own faults (disk full,
+a torn line, two runs at once) are in :mod:`~e5mistral.synthetic.log`.
 
 Log record fields: `id, kind, step ("brainstorm"|"example"), index, template, language,
 placeholders, task, status ("ok"|"failed"), output (the validated JSON fields, or
@@ -47,317 +33,35 @@ Example:
     >>> backend = EndpointPool(["http://localhost:8000/v1"], model="mistral")  # doctest: +SKIP
     >>> summary = generate(log_path="out/raw/generations.jsonl", backend=backend,
     ...                    kinds=("sts",), examples_per_kind=10)  # doctest: +SKIP
+    >>> from e5mistral.synthetic.summary import format_summary
     >>> print(format_summary(summary))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import fcntl
-import hashlib
-import json
-import math
 import os
-import random
-import re
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from .builder import KINDS, dataset_rows, read_generation_log
+from ..secrets import redact
+from .builder import KINDS, read_generation_log
+from .builder import E5SyntheticData as LogBuilder
 from .languages import parse_language_weights
-from .llm import ChatResult, FatalLLMError, LLMError, accepts_schema, redact
+from .llm.base import ChatResult, FatalLLMError, LLMError, accepts_schema
+from .log import GenerationLog, GenerationLogError, check_manifest
+from .plan import GenerationConfig, Request, plan_requests, request_seed
 from .schemas import AnswerSchema, answer_schema
-from .tasks import (
-    BRAINSTORM_KINDS,
-    InvalidAnswer,
-    brainstorm_messages,
-    example_messages,
-    fixed_task,
-    num_templates,
-    plan_placeholders,
-    reask_message,
-    validate_brainstorm,
-    validate_example,
-)
+from .summary import summarize
+from .tasks import brainstorm_messages, example_messages, fixed_task, reask_message
+from .validation import InvalidAnswer, extract_json, validate_brainstorm, validate_example
 
-__all__ = [
-    "GenerationConfig",
-    "GenerationLog",
-    "GenerationLogError",
-    "Request",
-    "extract_json",
-    "format_reasons",
-    "format_summary",
-    "generate",
-    "plan_requests",
-    "request_seed",
-    "run_generation",
-    "summarize",
-]
-
-
-@dataclass
-class GenerationConfig:
-    """What to generate. Every field shapes the plan, so a resumed run must repeat them all
-    (checked against `run.json` beside the log)."""
-
-    kinds: tuple[str, ...] = KINDS
-    examples_per_kind: int = 100
-    seed: int = 0
-    languages: dict[str, float] = field(default_factory=lambda: parse_language_weights(None))
-    tasks_per_brainstorm: int = 20
-    examples_per_brainstorm: int = 20
-
-    def __post_init__(self):
-        self.kinds = tuple(self.kinds)
-        unknown = [k for k in self.kinds if k not in KINDS]
-        if unknown or not self.kinds:
-            raise ValueError(f"kinds={list(self.kinds)}: unknown {unknown}; use some of {', '.join(KINDS)}")
-        if self.examples_per_kind < 1:
-            raise ValueError(f"examples_per_kind={self.examples_per_kind}; it must be >= 1")
-        if self.examples_per_brainstorm < 1 or self.tasks_per_brainstorm < 1:
-            raise ValueError("examples_per_brainstorm and tasks_per_brainstorm must be >= 1")
-        if isinstance(self.languages, str):
-            self.languages = parse_language_weights(self.languages)
-        self.languages = {k: float(v) for k, v in sorted(self.languages.items())}
-        if "bitext" in self.kinds and len(self.languages) < 2:
-            raise ValueError(
-                f"kind bitext pairs two languages, but languages={list(self.languages)}; add one to --languages "
-                "(e.g. en,de) or leave bitext out of --kinds."
-            )
-
-    def n_brainstorms(self, kind: str) -> int:
-        if kind not in BRAINSTORM_KINDS:
-            return 0
-        return math.ceil(self.examples_per_kind / self.examples_per_brainstorm)
-
-
-@dataclass(frozen=True)
-class Request:
-    """One planned LLM request (its answer becomes one log record)."""
-
-    id: str
-    kind: str
-    step: str  # "brainstorm" or "example"
-    index: int
-    template: int
-    placeholders: dict[str, Any]
-    brainstorm: int | None = None  # example step: which brainstorm's pool to draw the task from
-    task_draw: float = 0.0  # example step: position in that pool, as a fraction in [0, 1)
-
-
-def request_seed(request_id: str) -> int:
-    """A 31-bit sampling seed derived from a request id, sent with every try of that request.
-
-    Example:
-        >>> request_seed("0-sts-example-000001") == request_seed("0-sts-example-000001")
-        True
-    """
-    return int.from_bytes(hashlib.sha256(request_id.encode()).digest()[:4], "big") & 0x7FFFFFFF
-
-
-def plan_requests(config: GenerationConfig) -> tuple[list[Request], list[Request]]:
-    """All brainstorm and example requests of a run, from the config alone.
-
-    Example:
-        >>> brainstorms, examples = plan_requests(GenerationConfig(kinds=("short_long",), examples_per_kind=3))
-        >>> [r.id for r in brainstorms], examples[2].id
-        (['0-short_long-brainstorm-000000'], '0-short_long-example-000002')
-    """
-    brainstorms: list[Request] = []
-    examples: list[Request] = []
-    for kind in config.kinds:
-        n_brainstorms = config.n_brainstorms(kind)
-        for b in range(n_brainstorms):
-            rng = random.Random(f"{config.seed}:{kind}:brainstorm:{b}")
-            brainstorms.append(
-                Request(
-                    id=f"{config.seed}-{kind}-brainstorm-{b:06d}",
-                    kind=kind,
-                    step="brainstorm",
-                    index=b,
-                    template=rng.randrange(num_templates(kind, "brainstorm")),
-                    placeholders={"n_tasks": config.tasks_per_brainstorm},
-                )
-            )
-        for i in range(config.examples_per_kind):
-            rng = random.Random(f"{config.seed}:{kind}:example:{i}")
-            template = rng.randrange(num_templates(kind, "example"))
-            placeholders = plan_placeholders(kind, rng, config.languages)
-            examples.append(
-                Request(
-                    id=f"{config.seed}-{kind}-example-{i:06d}",
-                    kind=kind,
-                    step="example",
-                    index=i,
-                    template=template,
-                    placeholders=placeholders,
-                    brainstorm=rng.randrange(n_brainstorms) if n_brainstorms else None,
-                    task_draw=rng.random(),
-                )
-            )
-    return brainstorms, examples
-
-
-_FENCE = re.compile(r"```[a-zA-Z0-9_-]*[ \t]*\n?(.*?)```", re.DOTALL)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def extract_json(text: str) -> Any:
-    """Parse the JSON value in an LLM answer: the whole text, else a fenced block, else the first
-    `{...}` or `[...]` inside prose. Only `json` parsing is used (no eval); NaN/Infinity are
-    refused. Raises :class:`InvalidAnswer` ("invalid_json") when nothing parses.
-
-    Example:
-        >>> extract_json('Sure! Here it is:\\n```json\\n{"S1": "a"}\\n```')
-        {'S1': 'a'}
-        >>> extract_json('The answer is {"label": "x"} as requested.')
-        {'label': 'x'}
-    """
-    decoder = json.JSONDecoder(parse_constant=_reject_constant)
-    candidates = [text.strip()] + [m.group(1).strip() for m in _FENCE.finditer(text)]
-    for candidate in candidates:
-        try:
-            return decoder.decode(candidate)
-        except ValueError:
-            pass
-    tried = 0
-    for match in re.finditer(r"[\[{]", text):
-        tried += 1
-        if tried > 64:  # bound the work on long junk answers
-            break
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except ValueError:
-            continue
-        if isinstance(value, (dict, list)):
-            return value
-    snippet = " ".join(text.split())[:80]
-    raise InvalidAnswer("invalid_json", f"no JSON object could be parsed from the answer: {snippet!r}")
-
-
-def _truncate_partial_last_line(path: Path, chunk: int = 1 << 16) -> None:
-    """Cut a last line without its newline (a writer killed mid-write), reading only the tail."""
-    with open(path, "r+b") as f:
-        end = f.seek(0, os.SEEK_END)
-        position = end
-        while position > 0:
-            start = max(0, position - chunk)
-            f.seek(start)
-            block = f.read(position - start)
-            if position == end and block.endswith(b"\n"):
-                return
-            cut = block.rfind(b"\n")
-            if cut >= 0:
-                f.truncate(start + cut + 1)
-                return
-            position = start
-        f.truncate(0)
-
-
-class GenerationLogError(RuntimeError):
-    """The generation log cannot be written or read; the message names its path and the fix."""
-
-
-class GenerationLog:
-    """The append-only JSONL log: `records` maps request id -> record (first one wins).
-
-    Opening takes an exclusive lock (a second run on the same log is refused) and repairs a
-    last line cut short by a killed writer. Every append writes a whole line on an `O_APPEND`
-    descriptor; a short write is continued, and a failed one (disk full) is cut back to the
-    last whole line before :class:`GenerationLogError` is raised, so the file never holds a
-    partial line that a later append would glue onto.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise GenerationLogError(
-                f"{self.path} is being written by another generator run; wait for it to finish "
-                "(or stop it) before resuming, or write to a new --output folder"
-            ) from None
-        try:
-            _truncate_partial_last_line(self.path)
-            self.records = {r["id"]: r for r in read_generation_log(self.path)}
-        except BaseException:
-            os.close(self._fd)
-            raise
-        self._size = os.fstat(self._fd).st_size  # end of the last whole line
-        self._broken: str | None = None
-
-    def append(self, record: dict[str, Any]) -> None:
-        """Write one record as one line; raises GenerationLogError (the line not written)."""
-        if self._broken:
-            raise GenerationLogError(self._broken)
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        written = 0
-        try:
-            while written < len(line):  # os.write may write less than asked (e.g. a disk filling up)
-                written += os.write(self._fd, line[written:])
-        except OSError as error:
-            self._broken = (
-                f"could not append to the generation log {self.path}: {error.strerror or error} "
-                f"(errno {errno.errorcode.get(error.errno, error.errno)}); the run stopped with "
-                f"{len(self.records)} requests logged, none lost: fix the cause (e.g. free disk "
-                "space), then rerun the same command to resume"
-            )
-            try:
-                os.ftruncate(self._fd, self._size)  # drop the partial line; opening would too
-            except OSError:
-                pass
-            raise GenerationLogError(self._broken) from error
-        self._size += len(line)
-        self.records.setdefault(record["id"], record)
-
-    def close(self) -> None:
-        os.close(self._fd)  # releases the lock
-
-
-def _check_manifest(log_path: Path, config: GenerationConfig) -> None:
-    manifest_path = log_path.parent / "run.json"
-    current = asdict(config)
-    current["kinds"] = list(config.kinds)
-    previous = None
-    if manifest_path.exists():
-        try:
-            previous = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except ValueError as error:
-            if log_path.exists() and log_path.stat().st_size:
-                raise GenerationLogError(
-                    f"{manifest_path} is unreadable ({error}) but {log_path} holds records: restore "
-                    "run.json, or delete it to resume on trust that the arguments are the same"
-                ) from None
-            previous = None  # torn before any request was logged: write it again
-    if previous is not None:
-        for key, value in current.items():
-            if previous.get(key) != value:
-                raise UserError(
-                    f"{log_path} was generated with {key}={previous.get(key)!r}, now {key}={value!r}; "
-                    "resume with the same arguments, or write to a new --output folder"
-                )
-    else:
-        temporary = manifest_path.with_name(f".{manifest_path.name}.tmp")
-        try:  # write-then-rename: a kill never leaves a torn run.json
-            temporary.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
-            os.replace(temporary, manifest_path)
-        except OSError as error:
-            raise GenerationLogError(f"could not write {manifest_path}: {error}") from error
+__all__ = ["E5SyntheticData", "generate", "run_generation"]
 
 
 class _Runner:
@@ -507,7 +211,7 @@ async def run_generation(
         raise UserError(f"concurrency={concurrency}; it must be >= 1")
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    _check_manifest(log_path, config)
+    check_manifest(log_path, config)
     brainstorms, examples = plan_requests(config)
     log = GenerationLog(log_path)
     total = len(brainstorms) + len(examples)
@@ -550,7 +254,7 @@ def generate(
     if backend is None:
         if not base_urls or not model:
             raise ValueError("generate() needs backend=..., or base_urls=[...] and model=...")
-        from .llm import EndpointPool
+        from .llm.endpoints import EndpointPool
 
         backend_kwargs.setdefault("json_mode", "schema")
         backend = EndpointPool(list(base_urls), model, **backend_kwargs)
@@ -564,113 +268,18 @@ def generate(
     )
 
 
-def summarize(records: Sequence[dict[str, Any]], kinds: Sequence[str] = KINDS) -> dict[str, Any]:
-    """Statistics of a log: dataset rows per kind and per (kind, language) after duplicate
-    removal, duplicates dropped, the valid share per kind (`valid_share`: valid example answers of
-    the example requests logged, and the attempts they took), failures by reason, the kinds with
-    example requests logged but no row (their requests and failures by reason), requests and
-    tokens used.
+class E5SyntheticData(LogBuilder):
+    """The dataset builder of :mod:`~e5mistral.synthetic.builder`, which also creates a missing log:
+    given ``generation={...}`` (keyword arguments of :func:`generate`), it runs the generation first.
 
     Example:
-        >>> summarize([])["examples"]
-        {}
-        >>> failed = {"kind": "sts", "step": "example", "status": "failed", "attempts": 3, "model": "m",
-        ...           "failure": {"reason": "invalid_json", "detail": "..."},
-        ...           "usage": {"prompt_tokens": 5, "completion_tokens": 3}}
-        >>> summarize([failed], ["sts"])["valid_share"]
-        {'sts': {'valid': 0, 'requests': 1, 'attempts': 3, 'share': 0.0}}
+        >>> builder = E5SyntheticData(config_name="sts", log_path="raw/generations.jsonl", generation={
+        ...     "base_urls": ["http://localhost:8000/v1"], "model": "mistral", "kinds": ["sts"],
+        ...     "examples_per_kind": 10})  # doctest: +SKIP
+        >>> builder.download_and_prepare()  # doctest: +SKIP
     """
-    examples: dict[str, int] = {}
-    by_language: dict[str, dict[str, int]] = {}
-    duplicates: dict[str, int] = {}
-    for kind in kinds:
-        rows = list(dataset_rows(records, kind))
-        ok = sum(1 for r in records if r["kind"] == kind and r["step"] == "example" and r["status"] == "ok")
-        if not rows and not ok:
-            continue
-        examples[kind] = len(rows)
-        duplicates[kind] = ok - len(rows)
-        by_language[kind] = dict(sorted(Counter(r["language"] for r in rows).items(), key=lambda kv: (-kv[1], kv[0])))
-    valid_share: dict[str, dict[str, Any]] = {}
-    for kind in kinds:
-        logged = [r for r in records if r["kind"] == kind and r["step"] == "example"]
-        if logged:
-            valid = sum(1 for r in logged if r["status"] == "ok")
-            valid_share[kind] = {
-                "valid": valid,
-                "requests": len(logged),
-                "attempts": sum(int(r.get("attempts") or 0) for r in logged),
-                "share": valid / len(logged),
-            }
-    failures = Counter(r["failure"]["reason"] for r in records if r["status"] == "failed")
-    without_examples = {}  # kinds with example requests logged but no row: missing from the dataset
-    for kind in kinds:
-        logged = [r for r in records if r["kind"] == kind]
-        if kind not in examples and any(r["step"] == "example" for r in logged):
-            reasons = Counter(r["failure"]["reason"] for r in logged if r["status"] == "failed")
-            without_examples[kind] = {"requests": len(logged), "failures_by_reason": dict(reasons.most_common())}
-    return {
-        "examples": examples,
-        "examples_by_language": by_language,
-        "duplicates_dropped": duplicates,
-        "valid_share": valid_share,
-        "failures_by_reason": dict(failures.most_common()),
-        "kinds_without_examples": without_examples,
-        "requests": len(records),
-        "brainstorms_ok": sum(1 for r in records if r["step"] == "brainstorm" and r["status"] == "ok"),
-        "brainstorms": sum(1 for r in records if r["step"] == "brainstorm"),
-        "prompt_tokens": sum(r["usage"]["prompt_tokens"] for r in records),
-        "completion_tokens": sum(r["usage"]["completion_tokens"] for r in records),
-        "models": sorted({r["model"] for r in records if r.get("model")}),
-    }
 
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """A plain-text report of :func:`summarize`; it ends with a WARNING line for each kind that
-    has example requests logged but no valid example (the kind is missing from the dataset).
-
-    Example:
-        >>> failed = {"kind": "sts", "step": "example", "status": "failed", "language": "en", "model": "m",
-        ...           "failure": {"reason": "invalid_json", "detail": "..."},
-        ...           "usage": {"prompt_tokens": 5, "completion_tokens": 3}}
-        >>> print(format_summary(summarize([failed], ["sts"])).splitlines()[-1])
-        WARNING: kind sts has no valid example: 1 request logged, failures: invalid_json 1
-    """
-    lines = ["examples per kind (after dropping exact duplicates):"]
-    for kind, n in summary["examples"].items():
-        langs = ", ".join(f"{code} {count}" for code, count in summary["examples_by_language"][kind].items())
-        lines.append(f"  {kind:<12} {n:>7}  ({summary['duplicates_dropped'][kind]} duplicates dropped)  {langs}")
-    if not summary["examples"]:
-        lines.append("  (none)")
-    if summary.get("valid_share"):
-        lines.append("valid answers per kind (example requests; attempts include re-asks):")
-        for kind, share in summary["valid_share"].items():
-            lines.append(
-                f"  {kind:<12} {share['valid']:>7} of {share['requests']} ({share['share']:.0%}) "
-                f"in {share['attempts']} attempts"
-            )
-        if summary.get("brainstorms"):
-            lines.append(f"  {'brainstorms':<12} {summary['brainstorms_ok']:>7} of {summary['brainstorms']}")
-    lines.append("failures by reason:")
-    lines += [f"  {reason:<16} {n:>7}" for reason, n in summary["failures_by_reason"].items()] or ["  (none)"]
-    lines.append(
-        f"requests logged: {summary['requests']}; tokens used: {summary['prompt_tokens']} prompt + "
-        f"{summary['completion_tokens']} completion = {summary['prompt_tokens'] + summary['completion_tokens']}"
-    )
-    for kind, missing in summary.get("kinds_without_examples", {}).items():
-        n = missing["requests"]
-        lines.append(
-            f"WARNING: kind {kind} has no valid example: {n} request{'s' if n != 1 else ''} logged, "
-            f"failures: {format_reasons(missing['failures_by_reason'])}"
-        )
-    return "\n".join(lines)
-
-
-def format_reasons(failures_by_reason: dict[str, int]) -> str:
-    """Failure counts on one line, most frequent first.
-
-    Example:
-        >>> format_reasons({"invalid_json": 20, "no_task_pool": 4})
-        'invalid_json 20, no_task_pool 4'
-    """
-    return ", ".join(f"{reason} {n}" for reason, n in failures_by_reason.items()) or "none"
+    def _create_log(self, path: str) -> None:
+        if self.config.generation is None:
+            super()._create_log(path)
+        generate(log_path=path, **self.config.generation)

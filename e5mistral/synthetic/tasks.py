@@ -1,25 +1,12 @@
-"""The six task kinds of the recipe: prompt templates, placeholders, validation, training rows.
+"""The six task kinds of the recipe: prompt templates and placeholders.
 
 Each kind has at least two wordings for each step; a request draws one at random (seeded). The
 four asymmetric kinds (`short_long`, `long_short`, `short_short`, `long_long`) first brainstorm
 task definitions (step 1), then write one JSON example for one of them in a fresh conversation
 (step 2). `sts` and `bitext` have a fixed task and skip step 1. The prompts are this project's
-own wording with the recipe's fields, placeholders and value sets (the paper's appendix; the README's "Synthetic data" section).
-
-Conversion to training rows (query -> positive, negatives), per kind:
-
-| kind | query | positive | negatives | instruction |
-|---|---|---|---|---|
-| short_long | user_query | positive_document | [hard_negative_document] | brainstormed task |
-| long_short | input_text | label | [misleading_label] | brainstormed task |
-| short_short | input | positive_document | [] | brainstormed task |
-| long_long | input | positive_document | [] | brainstormed task |
-| sts | S1 | S2 | [S3] | :data:`STS_TASK` |
-| bitext | S1 (source language) | S2 | [S3] | :data:`BITEXT_TASK` |
-
-The paper does not spell out the classification/STS/bitext mapping; this is the natural reading
-of the field names: the label is the "document" a text is matched to, and S3 (less similar, or
-a wrong translation) is the hard negative.
+own wording with the recipe's fields, placeholders and value sets (the paper's appendix; the
+README's "Synthetic data" section). The answers are checked, and turned into training rows, in
+:mod:`~e5mistral.synthetic.validation`.
 
 Example:
     >>> import random
@@ -27,9 +14,6 @@ Example:
     >>> messages = example_messages("sts", 0, STS_TASK, request)
     >>> messages[0]["role"], '"S3"' in messages[0]["content"]
     ('user', True)
-    >>> row = {"task": STS_TASK, "language": "en", "S1": "a", "S2": "b", "S3": "c"}
-    >>> to_training_row("sts", row)["negatives"]
-    ['c']
 """
 
 from __future__ import annotations
@@ -38,25 +22,19 @@ import random
 from collections.abc import Mapping
 from typing import Any
 
-from .builder import KINDS, OUTPUT_FIELDS
 from .languages import language_name, sample_language, sample_language_pair
 
 __all__ = [
     "BITEXT_TASK",
     "BRAINSTORM_KINDS",
-    "KINDS",
-    "OUTPUT_FIELDS",
     "PLACEHOLDER_VALUES",
     "STS_TASK",
-    "InvalidAnswer",
     "brainstorm_messages",
     "example_messages",
     "fixed_task",
     "num_templates",
     "plan_placeholders",
-    "to_training_row",
-    "validate_brainstorm",
-    "validate_example",
+    "reask_message",
 ]
 
 BRAINSTORM_KINDS: tuple[str, ...] = ("short_long", "long_short", "short_short", "long_long")
@@ -283,19 +261,9 @@ _REASK = (
 )
 
 
-class InvalidAnswer(ValueError):
-    """An LLM answer that cannot be used. `reason` is a short stable tag for failure counts
-    (e.g. "invalid_json", "missing_field"); `detail` says what was wrong."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown task kind {kind!r}; use one of: {', '.join(KINDS)}")
+    if kind not in _EXAMPLE:  # every kind has an example step, in the order of builder.KINDS
+        raise ValueError(f"unknown task kind {kind!r}; use one of: {', '.join(_EXAMPLE)}")
 
 
 def fixed_task(kind: str) -> str | None:
@@ -360,81 +328,3 @@ def example_messages(kind: str, template: int, task: str, placeholders: Mapping[
 def reask_message(reason: str) -> dict[str, str]:
     """The follow-up turn sent after an unusable answer, naming what was wrong."""
     return {"role": "user", "content": _REASK.format(reason=reason)}
-
-
-def validate_brainstorm(answer: Any) -> list[str]:
-    """Task definitions from a parsed step-1 answer: `{"tasks": [...]}` or a bare list of
-    non-empty strings; blanks and repeats are dropped.
-
-    Example:
-        >>> validate_brainstorm({"tasks": ["Retrieve A.", " ", "Retrieve A.", "Retrieve B."]})
-        ['Retrieve A.', 'Retrieve B.']
-    """
-    tasks = answer.get("tasks") if isinstance(answer, dict) else answer
-    if not isinstance(tasks, list):
-        raise InvalidAnswer("off_schema", f'expected {{"tasks": [...]}} or a JSON list, got {type(answer).__name__}')
-    clean = [t.strip() for t in tasks if isinstance(t, str) and t.strip()]
-    if not clean:
-        raise InvalidAnswer("empty_field", "the task list holds no non-empty string")
-    return list(dict.fromkeys(clean))
-
-
-def validate_example(kind: str, answer: Any) -> dict[str, str]:
-    """The kind's fields of a parsed step-2 answer, checked: every field present, a string and
-    non-empty; the classification label differs from the misleading label; the query side
-    differs from the positive side; a triple's three texts are all there and distinct.
-    Extra keys are ignored. Raises :class:`InvalidAnswer` otherwise.
-
-    Example:
-        >>> validate_example("long_short", {"input_text": "It broke.", "label": "bad", "misleading_label": "Bad "})
-        Traceback (most recent call last):
-        ...
-        e5mistral.synthetic.tasks.InvalidAnswer: same_label: label and misleading_label are both 'bad'
-    """
-    _check_kind(kind)
-    if not isinstance(answer, dict):
-        raise InvalidAnswer("off_schema", f"expected a JSON object, got {type(answer).__name__}")
-    fields = OUTPUT_FIELDS[kind]
-    missing = [f for f in fields if f not in answer]
-    if missing:
-        raise InvalidAnswer("missing_field", f"missing {', '.join(missing)}; got keys {sorted(answer)}")
-    out: dict[str, str] = {}
-    for field in fields:
-        value = answer[field]
-        if not isinstance(value, str):
-            raise InvalidAnswer("off_schema", f"{field} must be a string, got {type(value).__name__}")
-        if not value.strip():
-            raise InvalidAnswer("empty_field", f"{field} is empty")
-        out[field] = value.strip()
-    if kind == "long_short" and out["label"].casefold() == out["misleading_label"].casefold():
-        raise InvalidAnswer("same_label", f"label and misleading_label are both {out['label'].casefold()!r}")
-    if out[fields[0]] == out[fields[1]]:
-        raise InvalidAnswer("same_text", f"{fields[0]} and {fields[1]} are identical")
-    if len(fields) == 3 and out[fields[1]] == out[fields[2]]:
-        raise InvalidAnswer("same_text", f"{fields[1]} and {fields[2]} are identical")
-    return out
-
-
-def to_training_row(kind: str, row: Mapping[str, Any]) -> dict[str, Any]:
-    """Convert one dataset row (a config's columns) into the training-row schema (the README's "Training" section):
-    query, positive, negatives, instruction, task, language. See the module docstring table.
-
-    Example:
-        >>> out = to_training_row("long_short", {"task": "Classify the tone of a review.", "language": "en",
-        ...     "input_text": "Arrived late and cold.", "label": "negative", "misleading_label": "neutral"})
-        >>> out["query"], out["positive"], out["negatives"], out["instruction"], out["task"]
-        ('Arrived late and cold.', 'negative', ['neutral'], 'Classify the tone of a review.', 'long_short')
-    """
-    _check_kind(kind)
-    query_field, positive_field, *negative_fields = OUTPUT_FIELDS[kind]
-    missing = [f for f in (*OUTPUT_FIELDS[kind], "task", "language") if f not in row]
-    if missing:
-        raise KeyError(f"a {kind} row needs the columns {', '.join(missing)}; got {sorted(row)}")
-    return {
-        "query": row[query_field],
-        "positive": row[positive_field],
-        "negatives": [row[f] for f in negative_fields],
-        "instruction": row["task"],
-        "task": kind,
-        "language": row["language"],
-    }

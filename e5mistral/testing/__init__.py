@@ -3,16 +3,12 @@
 The tokenizer is a byte-level BPE trained in-process with `tokenizers` on a small bundled text,
 with Mistral's special tokens (``<unk>`` 0, ``<s>`` 1, ``</s>`` 2) and the EOS contract.
 
-:class:`ScriptedServer` answers ``/v1/chat/completions`` on 127.0.0.1 as a behaviour hook says;
-``python -m e5mistral.testing serve`` runs it as a process with answers valid for every task kind
-(its URL is printed on the first line), for a generation run from a shell.
+:class:`ScriptedServer` answers ``/v1/chat/completions`` on 127.0.0.1 as a behaviour hook says, in a
+thread; :class:`ServerProcess` runs it as a child process to kill (:mod:`e5mistral.testing.server`,
+standard library only). ``python -m e5mistral.testing serve`` runs it from a shell with answers
+valid for every task kind (its URL is printed on the first line).
 """
 
-import json
-import threading
-import time
-from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
@@ -20,12 +16,16 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from .configuration_e5mistral import E5MistralConfig
-from .modeling_e5mistral import E5MistralModel
-from .tokenization import ensure_eos
+from ..configuration_e5mistral import E5MistralConfig
+from ..modeling_e5mistral import E5MistralModel
+from ..tokenization import ensure_eos
+from .server import BEHAVIOURS, ScriptedServer, ServerProcess, always_valid, valid_answer
 
 __all__ = [
+    "BEHAVIOURS",
     "ScriptedServer",
+    "ServerProcess",
+    "always_valid",
     "assert_close",
     "fresh_process_env",
     "make_tiny_model",
@@ -108,7 +108,7 @@ def make_tiny_model_folder(path, seed: int = 0, **config_overrides) -> Path:
     >>> AutoModel.from_pretrained(folder, trust_remote_code=True)
     ```
     """
-    from .export import save_model_folder
+    from ..export import save_model_folder
 
     tokenizer = make_tiny_tokenizer()
     model = make_tiny_model(tokenizer, seed=seed, **config_overrides)
@@ -156,147 +156,6 @@ def assert_close(actual, expected, rtol: float = 1e-5, what: str = "values") -> 
     error = (a - e).norm().item()
     scale = max(a.norm().item(), e.norm().item())
     assert error <= rtol * scale, f"{what} differ: |actual - expected| = {error:.3g} > {rtol:g} x {scale:.3g}"
-
-
-# ------------------------------------------------------------------------------------------
-# A loopback OpenAI-compatible server with scripted answers
-# ------------------------------------------------------------------------------------------
-def valid_answer(seed: int) -> dict:
-    """A JSON answer valid for every task kind (extra keys are ignored), unique to the request's seed."""
-    return {
-        "tasks": [f"Retrieve notes about topic {seed} number {j}." for j in range(3)],
-        "user_query": f"query {seed}",
-        "positive_document": f"positive {seed}",
-        "hard_negative_document": f"negative {seed}",
-        "input_text": f"text {seed}",
-        "label": f"label-a {seed}",
-        "misleading_label": f"label-b {seed}",
-        "input": f"input {seed}",
-        "S1": f"first {seed}",
-        "S2": f"second {seed}",
-        "S3": f"third {seed}",
-    }
-
-
-def always_valid(body: dict, arrival: int) -> tuple:
-    """The default behaviour: a valid answer for the request's seed."""
-    return ("content", json.dumps(valid_answer(body.get("seed") or 0)))
-
-
-class ScriptedServer:
-    """``/v1/chat/completions`` on 127.0.0.1, answering as ``behave(body, arrival)`` says.
-
-    ``behave`` returns one of ``("content", text)``, ``("status", code, headers)``, ``("html",)``
-    (a 200 that is not JSON) or ``("hang",)``. ``arrival`` counts the earlier requests that
-    carried the same ``seed`` (one seed per request id, the same on every try). ``delay`` seconds
-    are slept before each answer.
-
-    Example:
-
-    ```python
-    >>> with ScriptedServer(always_valid) as server:
-    ...     run = subprocess.run(["python", "scripts/generate_data.py", "--base-url", server.url, ...])
-    ```
-    """
-
-    def __init__(self, behave=always_valid, delay: float = 0.0, port: int = 0):
-        self.behave = behave
-        self.delay = delay
-        self.lock = threading.Lock()
-        self.arrivals: dict[int, list[tuple[float, str]]] = defaultdict(list)  # seed -> (time, action)
-        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}
-        self.stop = threading.Event()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def _send(self, code: int, payload: bytes, content_type: str, headers=None) -> None:
-                self.send_response(code)
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                try:
-                    self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):  # the client was interrupted: nothing to answer
-                    pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                seed = body.get("seed")
-                with server.lock:
-                    arrival = len(server.arrivals[seed])
-                    action = server.behave(body, arrival)
-                    server.arrivals[seed].append((time.monotonic(), action[0] if action[0] != "content" else "ok"))
-                if server.delay:
-                    time.sleep(server.delay)
-                if action[0] == "hang":
-                    server.stop.wait(10)
-                    return
-                if action[0] == "html":  # as from a misconfigured proxy
-                    self._send(200, b"<html><body>upstream unavailable</body></html>", "text/html")
-                    return
-                if action[0] == "status":
-                    _, code, headers = action
-                    payload = json.dumps({"error": {"message": f"scripted {code}"}}).encode()
-                    self._send(code, payload, "application/json", headers)
-                    return
-                text = action[1]
-                usage = {"prompt_tokens": len(json.dumps(body["messages"])) // 4, "completion_tokens": len(text) // 4}
-                with server.lock:
-                    for key, value in usage.items():
-                        server.usage[key] += value
-                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}
-                payload = {
-                    "id": "chatcmpl-test",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": body["model"],
-                    "choices": [choice],
-                    "usage": usage,
-                }
-                self._send(200, json.dumps(payload).encode(), "application/json")
-
-        return Handler
-
-    def __enter__(self):
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def _serve(argv=None) -> None:
-    """``python -m e5mistral.testing serve [--port P] [--delay S]``: print the URL, answer until killed."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m e5mistral.testing", description=_serve.__doc__)
-    parser.add_argument("command", choices=["serve"])
-    parser.add_argument("--port", type=int, default=0, help="0: any free port")
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds slept before each answer")
-    args = parser.parse_args(argv)
-    server = ScriptedServer(always_valid, delay=args.delay, port=args.port)
-    print(server.url, flush=True)
-    try:
-        server.httpd.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.httpd.server_close()
-
 
 
 # ------------------------------------------------------------------------------------------
@@ -402,7 +261,7 @@ def make_tiny_family_checkpoint(backbone: str, path, seed: int = 0, causal_lm: b
     """
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from .configuration_e5mistral import backbone_config_class
+    from ..configuration_e5mistral import backbone_config_class
 
     config = backbone_config_class(backbone)(**tiny_backbone_kwargs(backbone, **config_overrides))
     torch.manual_seed(seed)
@@ -410,7 +269,3 @@ def make_tiny_family_checkpoint(backbone: str, path, seed: int = 0, causal_lm: b
     randomize_biases_and_norms(model, seed=seed)
     model.save_pretrained(path)
     return Path(path)
-
-
-if __name__ == "__main__":
-    _serve()
