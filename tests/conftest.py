@@ -16,6 +16,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `benchmarks` (not installed) imports under a bare `pytest` too, as under `python -m pytest`
+    sys.path.insert(0, str(REPO))
 
 # Words the tiny tokenizer knows (they are in its training corpus), for texts that must not
 # fall apart into characters.
