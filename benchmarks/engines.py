@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .harness import cpu_name, load_average
+
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
 CASES_SCRIPT = "tests/distributed_cases.py"
@@ -208,23 +210,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)"
-    except OSError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

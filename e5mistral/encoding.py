@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from .batching import plan_chunks
 from .instructions import format_query
+from .modeling_e5mistral import E5MistralModel
 from .tokenization import check_eos, check_model_path, check_pad_token, clamp_max_length, load_tokenizer
 
 __all__ = ["E5Embedder"]
@@ -83,8 +84,6 @@ class E5Embedder:
         saying so (see :func:`e5mistral.tokenization.load_tokenizer`).
         """
         from transformers import AutoModel
-
-        from . import E5MistralModel  # registers the Auto classes
 
         name_or_path = check_model_path(name_or_path)
         tokenizer = load_tokenizer(name_or_path, revision=revision, trust_remote_code=trust_remote_code)

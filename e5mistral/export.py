@@ -7,10 +7,9 @@ Normalize, with ``query``/``document`` prompts). It is what ``scripts/push_to_hu
 
 from pathlib import Path
 
-from .modeling_e5mistral import sentence_transformers_files  # re-exported: the one implementation
 from .tokenization import check_eos, ensure_eos
 
-__all__ = ["save_model_folder", "sentence_transformers_files"]
+__all__ = ["save_model_folder"]
 
 
 def save_model_folder(

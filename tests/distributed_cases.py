@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch.distributed as dist
+import torch.distributed._functional_collectives as functional_collectives
 from datasets import Dataset
 from peft import LoraConfig
 from safetensors.torch import save_file
@@ -99,21 +100,30 @@ class Settings:
 
 
 class Counters:
-    """Counts forwards of the model and collectives, per training step (this process)."""
+    """Counts forwards of the model and collectives, per training step (this process).
+
+    The collectives are ``torch.distributed``'s functions named in :data:`COUNTED`, and the
+    differentiable gather of the cross-device negatives (``_functional_collectives.all_gather_single``,
+    counted as ``all_gather_single``; its backward runs in autograd, out of sight).
+    """
 
     def __init__(self):
         self.active = False
         self.steps: list[Counter] = []
         self.seconds: list[float] = []
         for name in COUNTED:
-            original = getattr(dist, name)
+            self._count(dist, name, name)
+        self._count(functional_collectives, "all_gather_single", "all_gather_single")
 
-            def counted(*args, _name=name, _original=original, **kwargs):
-                if self.active:
-                    self.steps[-1][_name] += 1
-                return _original(*args, **kwargs)
+    def _count(self, module, attribute: str, name: str) -> None:
+        original = getattr(module, attribute)
 
-            setattr(dist, name, counted)
+        def counted(*args, **kwargs):
+            if self.active:
+                self.steps[-1][name] += 1
+            return original(*args, **kwargs)
+
+        setattr(module, attribute, counted)
 
     def forward_hook(self, module, args, kwargs):
         if self.active:

@@ -29,7 +29,6 @@ from e5mistral.testing import (
     fresh_process_env,
     make_tiny_backbone_model,
     make_tiny_family_checkpoint,
-    make_tiny_tokenizer,
     tiny_backbone_config,
 )
 
@@ -48,11 +47,6 @@ FAMILY_MODELS = {  # transformers' own base model of each family
     "gemma2": "Gemma2Model",
     "gemma3_text": "Gemma3TextModel",
 }
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +129,7 @@ def test_plain_family_checkpoints_load_as_their_own_family_with_every_weight(tmp
         assert biases_and_norms and all(not torch.all(state[k] == 0) for k in biases_and_norms)
 
 
-def test_saved_folders_record_their_family_and_reload_their_config(folders):
+def test_saved_folders_record_their_family_and_reload_their_config(folders, hub_code):
     for backbone, (plain, e5) in folders.items():
         config = json.loads((e5 / "config.json").read_text())
         name = E5_MODEL_CLASSES[backbone].__name__
@@ -145,7 +139,7 @@ def test_saved_folders_record_their_family_and_reload_their_config(folders):
             "AutoConfig": "configuration_e5mistral.E5MistralConfig",
             "AutoModel": f"modeling_e5mistral.{name}",
         }
-        for file in ["configuration_e5mistral.py", "modeling_e5mistral.py", "modules.json", "1_Pooling/config.json"]:
+        for file in [*hub_code, "modules.json", "1_Pooling/config.json"]:
             assert (e5 / file).is_file(), file
         loaded = AutoConfig.from_pretrained(e5)
         assert type(loaded) is E5MistralConfig and loaded.backbone == backbone

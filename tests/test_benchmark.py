@@ -1,31 +1,24 @@
-"""Smoke test of scripts/benchmark.py: its --quick mode runs every section and writes the report.
+"""Smoke test of scripts/benchmark.py (the ``benchmarks`` package): its --quick mode runs every section and writes the report.
 
 Not a timed test: the sizes are too small for the numbers to mean anything; it checks that each
 section runs, prints its figures as ratios and lands in the Markdown file with the machine and
 the command.
 """
 
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.harness import HISTORY_MARKER
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def benchmark_module():
-    spec = importlib.util.spec_from_file_location("benchmark_script", REPO / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_quick_benchmark_prints_ratios_and_writes_markdown(tmp_path):
     output = tmp_path / "BENCHMARKS.md"
-    history = f"{benchmark_module().HISTORY_MARKER}\n\n## Before and after a past fix\n\n| figure | before | after |\n"
+    history = f"{HISTORY_MARKER}\n\n## Before and after a past fix\n\n| figure | before | after |\n"
     output.write_text("# Benchmarks\n\nstale figures of an older run\n\n" + history, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     script = REPO / "scripts" / "benchmark.py"

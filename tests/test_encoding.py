@@ -6,8 +6,7 @@ from e5mistral.testing import assert_close, make_tiny_model, make_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    tokenizer = make_tiny_tokenizer()
+def embedder(tokenizer):
     return E5Embedder(make_tiny_model(tokenizer), tokenizer, batch_size=3)
 
 

@@ -161,14 +161,14 @@ def test_same_embeddings_from_every_loader(tiny_folder, tmp_path):
     assert_close(torch.load(out), reference, rtol=1e-5)
 
 
-def test_saved_folder_layout(tiny_folder):
+def test_saved_folder_layout(tiny_folder, hub_code):
     config = json.loads((tiny_folder / "config.json").read_text())
     assert config["model_type"] == "e5_mistral"
     assert config["auto_map"] == {
         "AutoConfig": "configuration_e5mistral.E5MistralConfig",
         "AutoModel": "modeling_e5mistral.E5MistralModel",
     }
-    for name in ["model.safetensors", "configuration_e5mistral.py", "modeling_e5mistral.py", "tokenizer.json"]:
+    for name in ["model.safetensors", *hub_code, "tokenizer.json"]:
         assert (tiny_folder / name).is_file(), name
     assert not list(tiny_folder.glob("*.bin"))
     modules = json.loads((tiny_folder / "modules.json").read_text())
@@ -177,10 +177,11 @@ def test_saved_folder_layout(tiny_folder):
     prompts = json.loads((tiny_folder / "config_sentence_transformers.json").read_text())["prompts"]
     assert prompts["query"].startswith("Instruct: ") and prompts["query"].endswith("\nQuery: ")
     assert prompts["document"] == ""
-    # the Hub-bound code imports only the standard library, torch, transformers and its sibling
+    # the Hub-bound code imports only the standard library, torch, transformers and its siblings
     import ast
 
-    for name in ["configuration_e5mistral.py", "modeling_e5mistral.py"]:
+    siblings = {"." + name.removesuffix(".py") for name in hub_code}
+    for name in hub_code:
         tree = ast.parse((tiny_folder / name).read_text())
         roots = set()
         for node in ast.walk(tree):
@@ -188,7 +189,7 @@ def test_saved_folder_layout(tiny_folder):
                 roots |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom):
                 roots.add("." * node.level + (node.module or "").split(".")[0])
-        assert roots <= {"dataclasses", "json", "os", "torch", "transformers", ".configuration_e5mistral"}, roots
+        assert roots <= {"dataclasses", "json", "os", "torch", "transformers", *siblings}, roots
 
 
 # ---------------------------------------------------------------------------------------------

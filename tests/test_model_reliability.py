@@ -11,17 +11,12 @@ import torch
 from e5mistral import INSTRUCTIONS, E5Embedder, format_query, get_instruction, save_model_folder
 from e5mistral.errors import UserError
 from e5mistral.modeling_e5mistral import DEFAULT_PROMPTS
-from e5mistral.testing import assert_close, make_tiny_model, make_tiny_tokenizer
+from e5mistral.testing import assert_close, make_tiny_model
 from e5mistral.tokenization import check_model_path, clamp_max_length, load_tokenizer
 from e5mistral.training.collator import E5Collator
 
 TEXTS = ["how tall is mont blanc", "Mont Blanc rises 4,806 metres above sea level.", "hi", "北京是中国的首都"]
 LIMIT = 1024  # tiny_config's max_position_embeddings
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return make_tiny_tokenizer()
 
 
 # ---------------------------------------------------------------------------------------------

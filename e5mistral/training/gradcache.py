@@ -51,7 +51,6 @@ __all__ = [
     "RandContext",
     "embed_length_sorted",
     "grad_cache",
-    "plan_chunks",
     "same_count_on_every_process",
     "sort_by_length",
     "split_features",

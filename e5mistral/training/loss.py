@@ -133,8 +133,13 @@ def gather_documents(
     counts = [int(c.item()) for c in counts]
     width = max(counts)
 
+    # torch's own differentiable gather (what the deprecated torch.distributed.nn.functional.all_gather
+    # now points to); imported here because builds without torch.distributed lack the module.
+    from torch.distributed._functional_collectives import all_gather_single
+
     padded = F.pad(document_embeddings, (0, 0, 0, width - counts[rank]))  # (width, H)
-    blocks = _AllGatherWithGrad.apply(padded).split(width)  # world_size x (width, H), differentiable
+    # Its backward sums every process's gradient of each block and hands the sum to the block's owner.
+    blocks = all_gather_single(padded, 0, dist.group.WORLD).split(width)  # world_size x (width, H)
     all_embeddings = torch.cat([block[:n] for block, n in zip(blocks, counts)])  # (sum D_r, H)
 
     all_ids = None
@@ -145,19 +150,3 @@ def gather_documents(
         all_ids = torch.cat([block[:n] for block, n in zip(id_blocks, counts)])  # (sum D_r,)
     return all_embeddings, all_ids, sum(counts[:rank])
 
-
-class _AllGatherWithGrad(torch.autograd.Function):
-    """``(n, H)`` on each of W processes -> ``(W * n, H)``; backward: sum over processes, own block back."""
-
-    @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:
-        ctx.rank, ctx.rows = dist.get_rank(), tensor.shape[0]
-        blocks = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(blocks, tensor.contiguous())
-        return torch.cat(blocks)  # (W * n, H)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad.contiguous()  # (W * n, H): this process's loss w.r.t. every block
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # every process's loss w.r.t. every block
-        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]  # (n, H): ours

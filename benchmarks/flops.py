@@ -1,0 +1,36 @@
+"""Section 2, model FLOP utilisation and padding: 6 x non-embedding parameters x real tokens/s
+against a large matrix product measured in the same run, and the share of computed positions that
+are padding (goal < 10%), for every training run sections 1 and 3 made.
+
+Example: ``print(section_mfu(bench).text())``.
+"""
+
+from __future__ import annotations
+
+from .harness import Section, fmt
+from .workload import Bench
+
+
+def section_mfu(bench: Bench) -> Section:
+    s = bench.settings
+    sec = Section(2, "Model FLOP utilisation and padding")
+    bench.run("e5")  # the others are shown when sections 1 or 3 ran them
+    peak = bench.matmul_flops()  # the best of this and the measurement before training
+    labels = {"e5": "E5Trainer", "st": "ST + MNRL", "e5_gradcache": "E5Trainer, GradCache", "st_cached": "ST + CachedMNRL"}
+    runs = [(labels[name], bench.runs[name]) for name in labels if name in bench.runs]
+    for label, run in runs:
+        achieved = 6 * bench.params * run.tokens_per_s
+        sec.add(f"{label}: 6 x N x real tokens/s vs {s.matmul_n}^3 fp32 matmul", fmt(achieved / 1e9, "GFLOP/s"),
+                fmt(peak / 1e9, "GFLOP/s"), achieved / peak)
+    for label, run in runs:
+        sec.add(f"{label}: padding share of computed positions", f"{run.padding_share:.1%}", "", None, "< 10%",
+                run.padding_share < 0.10)
+    sec.notes.append(
+        f"N = {bench.params / 1e6:.2f}M non-embedding parameters; 6N FLOP per trained token (forward 2N, backward 4N). "
+        "Attention's own FLOPs and GradCache's extra forward are not counted (model FLOPs, not hardware FLOPs), so the "
+        "ratio is the share of the machine's matmul rate that turns into training. The matmul rate is the best of "
+        "two 1-second measurements, before the training runs and after them."
+    )
+    sec.notes.append("Padding share = 1 - attended tokens / (batch x padded length), summed over every forward of the "
+                     "measured steps (GradCache's no-grad pass included).")
+    return sec
