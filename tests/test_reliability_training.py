@@ -5,7 +5,6 @@ and a planted Hub token never reaches a log, a saved file, the card or a push er
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import pickle
 import re
@@ -28,7 +27,6 @@ from e5mistral.training.gradcache import grad_cache
 from e5mistral.training.loss import info_nce, text_ids
 from e5mistral.training.trainer import E5Trainer, _embed
 
-REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = make_tiny_tokenizer()
 MODEL = make_tiny_model(TOKENIZER)
 EOS = TOKENIZER.eos_token_id
@@ -411,13 +409,6 @@ PLANTED_ARG = "hf_PlantedArgToken1234567890abcd"
 PLANTED_ENV = "hf_PlantedEnvToken0987654321wxyz"
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(f"_reliability_{name}", REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _leaks(root: Path) -> list[str]:
     found = []
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -438,7 +429,7 @@ def test_training_run_never_writes_or_prints_a_planted_hub_token(tmp_path, monke
 
     monkeypatch.setenv("HF_TOKEN", PLANTED_ENV)
     out = tmp_path / "run"
-    script = _load_script("train")
+    from e5mistral.cli import train as script
     parsed = script.make_parser().parse_args_and_config(
         args=[
             *("--dataset_name", "sample", "--max_train_rows", "24", "--eval_split_size", "8"),
@@ -452,7 +443,7 @@ def test_training_run_never_writes_or_prints_a_planted_hub_token(tmp_path, monke
     )
     assert parsed[1].hub_token == PLANTED_ARG
     with caplog.at_level(logging.INFO):
-        script.main(*parsed)
+        script.run(*parsed)
     stage = export_model_folder(out, tmp_path / "stage", repo_id="me/e5-test")
 
     printed = capfd.readouterr()

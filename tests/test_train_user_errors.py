@@ -6,7 +6,6 @@ Each test is named for the behaviour; most call the script's own ``parse_args``/
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -28,10 +27,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def train_script():
-    spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from e5mistral.cli import train
+
+    return train
 
 
 def rows_file(path: Path, n: int, negatives: bool = True) -> str:
@@ -45,7 +43,7 @@ def rows_file(path: Path, n: int, negatives: bool = True) -> str:
 
 
 def run_main(train_script, argv: list[str]) -> int:
-    return train_script.main(*train_script.parse_args(argv))
+    return train_script.run(*train_script.parse_args(argv))
 
 
 # ---- item 4: the model path given is the model trained ----
