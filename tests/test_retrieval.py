@@ -273,3 +273,15 @@ def test_evaluate_script_writes_results_and_table(tiny_folder, tmp_path, capsys)
 
     with pytest.raises(UserError, match="nothing to evaluate"):
         script.run(["--model", str(tiny_folder), "--output", str(out)])
+
+
+def test_the_evaluate_command_runs_as_a_module_and_the_script_is_its_entry_point():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "scripts" / "evaluate.py"
+    as_script = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
+    as_module = subprocess.run([sys.executable, "-m", "e5mistral.cli.evaluate", "--help"], capture_output=True, text=True)
+    assert as_module.returncode == 0 and "--block-size" in as_module.stdout
+    assert as_module.stdout.split("options:")[1] == as_script.stdout.split("options:")[1]  # usage names the file
