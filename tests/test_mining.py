@@ -225,15 +225,3 @@ def test_script_on_a_pairs_file_with_renamed_columns(tiny_folder, tmp_path):
         assert got["negatives"][0] in {r["positive"] for r in rows}  # mined from the pairs' own positives
     with pytest.raises(SystemExit, match="--query-field 'nope'"):
         mine.run([*argv[:4], "--query-field", "nope", "--output", str(tmp_path / "x.jsonl")])
-
-
-def test_the_mine_command_runs_as_a_module_and_the_script_is_its_entry_point():
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).parents[1] / "scripts" / "mine_hard_negatives.py"
-    as_script = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True)
-    as_module = subprocess.run([sys.executable, "-m", "e5mistral.cli.mine", "--help"], capture_output=True, text=True)
-    assert as_module.returncode == 0 and "--rank-start" in as_module.stdout
-    assert as_module.stdout.split("options:")[1] == as_script.stdout.split("options:")[1]  # usage names the file

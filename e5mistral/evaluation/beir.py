@@ -9,9 +9,9 @@ BEIR use); queries get the set's instruction (:data:`BEIR_INSTRUCTIONS`). Evalua
 Example:
 
 ```python
->>> data = load_beir("data/scifact", split="test")
->>> len(data.queries), len(data.corpus)
-(300, 5183)
+>>> data = load_beir("data/nfcorpus", split="test")
+>>> instruction = BEIR_INSTRUCTIONS[data.name]  # 'question_answering'
+>>> texts = [document_text(doc) for doc in data.corpus.values()]
 ```
 """
 
