@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from e5mistral.evaluation.metrics import retrieval_metrics
 from e5mistral.evaluation.beir import document_text, load_beir
+from e5mistral.evaluation.metrics import retrieval_metrics
 from e5mistral.evaluation.retrieval import SearchSettings, evaluate_beir, evaluate_retrieval, exact_search, search
 from e5mistral.testing import assert_close
 

@@ -18,8 +18,8 @@ Example:
 
 from pathlib import Path
 
-from .metrics import DEFAULT_K_VALUES, per_query_metrics, rank_documents, retrieval_metrics
 from .beir import BEIR_INSTRUCTIONS, BeirDataset, load_beir
+from .metrics import DEFAULT_K_VALUES, per_query_metrics, rank_documents, retrieval_metrics
 from .retrieval import (
     RetrievalResult,
     SearchSettings,
