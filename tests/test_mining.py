@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from e5mistral.cli import mine
 from e5mistral.mining import MiningConfig, mine_hard_negatives
 
 WORDS = [
@@ -171,11 +171,6 @@ def test_script_on_a_beir_folder_with_the_tiny_model(tiny_folder, tmp_path):
         f.write("query-id\tcorpus-id\tscore\n")
         for i in range(6):
             f.write(f"q{i}\td{i}\t1\nq{i}\td{i + 10}\t1\n")
-    spec = importlib.util.spec_from_file_location(
-        "mine_script", Path(__file__).parents[1] / "scripts" / "mine_hard_negatives.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     out = tmp_path / "mined.jsonl"
     argv = [
         "--model",
@@ -199,7 +194,7 @@ def test_script_on_a_beir_folder_with_the_tiny_model(tiny_folder, tmp_path):
         "--block-size",
         "8",
     ]
-    stats = script.main(argv)
+    stats = mine.run(argv)
     mined = _read(out)
     assert stats.rows == len(mined) == 12
     for i, row in enumerate(mined):
@@ -217,16 +212,11 @@ def test_script_on_a_pairs_file_with_renamed_columns(tiny_folder, tmp_path):
     rows, _ = _data(seed=6, num_rows=10, corpus_size=40)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"question": r["query"], "answer": r["positive"]}) + "\n" for r in rows))
-    spec = importlib.util.spec_from_file_location(
-        "mine_script", Path(__file__).parents[1] / "scripts" / "mine_hard_negatives.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     out = tmp_path / "mined.jsonl"
     argv = ["--model", str(tiny_folder), "--pairs", str(pairs), "--query-field", "question", "--positive-field", "answer",
             "--instruction", "question_answering", "--task", "qa", "--language", "en", "--output", str(out),
             "--rank-start", "1", "--rank-end", "4", "--max-rows", "7"]  # fmt: skip
-    stats = script.main(argv)
+    stats = mine.run(argv)
     mined = _read(out)
     assert stats.rows == len(mined) == 7 and stats.corpus_size == len({r["positive"] for r in rows})
     for row, got in zip(rows, mined):
@@ -234,4 +224,4 @@ def test_script_on_a_pairs_file_with_renamed_columns(tiny_folder, tmp_path):
         assert len(got["negatives"]) == 1 and got["negatives"][0] != row["positive"]
         assert got["negatives"][0] in {r["positive"] for r in rows}  # mined from the pairs' own positives
     with pytest.raises(SystemExit, match="--query-field 'nope'"):
-        script.main([*argv[:4], "--query-field", "nope", "--output", str(tmp_path / "x.jsonl")])
+        mine.run([*argv[:4], "--query-field", "nope", "--output", str(tmp_path / "x.jsonl")])

@@ -14,7 +14,8 @@ from mteb.abstasks.sts import AbsTaskSTS
 from mteb.abstasks.task_metadata import TaskMetadata
 
 from e5mistral.evaluation.mteb import E5MtebEncoder, e5_model_meta
-from e5mistral.evaluation.retrieval import document_text, evaluate_retrieval
+from e5mistral.evaluation.beir import document_text
+from e5mistral.evaluation.retrieval import evaluate_retrieval
 from e5mistral.evaluation.sts import sts_correlation
 
 _COMMON = {
@@ -194,27 +195,32 @@ def test_model_meta_loads_model(tiny_folder):
     assert direct.mteb_model_meta.embed_dim == 32 and direct.mteb_model_meta.max_tokens == 512
 
 
+def test_from_pretrained_loads_the_revision_it_records(tiny_folder, monkeypatch):
+    from e5mistral.encoding import E5Embedder
+
+    loaded = E5Embedder.from_pretrained(tiny_folder)
+    calls = []
+    monkeypatch.setattr(E5Embedder, "from_pretrained", lambda name, **kwargs: calls.append((name, kwargs)) or loaded)
+    encoder = E5MtebEncoder.from_pretrained(str(tiny_folder), revision="v1.0", device="cpu", batch_size=4)
+    assert calls == [(str(tiny_folder), {"revision": "v1.0", "device": "cpu", "batch_size": 4})]
+    assert encoder.mteb_model_meta.revision == "v1.0" and encoder.embedder is loaded
+
+
 def test_evaluate_script_mteb_path_feeds_the_model_card(tiny_folder, tmp_path, monkeypatch):
     """scripts/evaluate.py --mteb with a local task (get_tasks patched: no download), then the card."""
-    import importlib.util
     import json
-    from pathlib import Path
 
     import yaml
 
+    from e5mistral.cli import evaluate as script
     from e5mistral.hub import render_model_card
 
     tasks = {"E5ToySTS": ToySTS, "E5ToyRetrieval": ToyRetrieval}
     monkeypatch.setattr(mteb, "get_tasks", lambda tasks=None, **kw: [TASKS[name]() for name in tasks])
     monkeypatch.setattr(mteb, "get_task", lambda name, **kw: TASKS[name]())
     TASKS.update(tasks)
-    spec = importlib.util.spec_from_file_location(
-        "evaluate_script", Path(__file__).parents[1] / "scripts" / "evaluate.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     out = tmp_path / "results.json"
-    results = script.main(
+    results = script.run(
         [
             "--model",
             str(tiny_folder),

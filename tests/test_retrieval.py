@@ -7,15 +7,9 @@ import json
 import pytest
 import torch
 
+from e5mistral.evaluation.beir import document_text, load_beir
 from e5mistral.evaluation.metrics import retrieval_metrics
-from e5mistral.evaluation.retrieval import (
-    document_text,
-    evaluate_beir,
-    evaluate_retrieval,
-    exact_search,
-    load_beir,
-    search,
-)
+from e5mistral.evaluation.retrieval import SearchSettings, evaluate_beir, evaluate_retrieval, exact_search, search
 from e5mistral.testing import assert_close
 
 
@@ -149,7 +143,7 @@ def test_evaluate_beir_matches_oracle_run_and_instructs_queries_only(tmp_path):
     queries["q_unjudged"] = "alpha"  # not in qrels: must not be searched
     folder = _write_beir(tmp_path / "toy", corpus, queries, qrels)
     embedder = BagOfWordsEmbedder()
-    result = evaluate_beir(embedder, folder, instruction="Find it", k_values=(1, 5, 10), block_size=7)
+    result = evaluate_beir(embedder, folder, instruction="Find it", k_values=(1, 5, 10), settings=SearchSettings(block_size=7))
 
     # Oracle: full matrix of the same embeddings, run built by hand, metrics on that run.
     qids = list(qrels)
@@ -182,8 +176,8 @@ def test_evaluate_beir_matches_oracle_run_and_instructs_queries_only(tmp_path):
 def test_block_size_does_not_change_results(tmp_path):
     corpus, queries, qrels = _toy_collection(seed=3)
     folder = _write_beir(tmp_path / "toy", corpus, queries, qrels, header=False)
-    small = evaluate_beir(BagOfWordsEmbedder(), folder, instruction=None, block_size=4)
-    large = evaluate_beir(BagOfWordsEmbedder(), folder, instruction=None, block_size=10_000)
+    small = evaluate_beir(BagOfWordsEmbedder(), folder, instruction=None, settings=SearchSettings(block_size=4))
+    large = evaluate_beir(BagOfWordsEmbedder(), folder, instruction=None, settings=SearchSettings(block_size=10_000))
     assert small.run.keys() == large.run.keys()
     for qid in small.run:
         assert list(small.run[qid]) == list(large.run[qid])
@@ -192,85 +186,8 @@ def test_block_size_does_not_change_results(tmp_path):
 
 def test_ignore_identical_ids():
     corpus = {"a": "alpha beta", "b": "alpha gamma", "c": "delta"}
-    run = search(BagOfWordsEmbedder(), {"a": "alpha beta"}, corpus, None, top_k=2, ignore_identical_ids=True)
+    skip_own = SearchSettings(ignore_identical_ids=True)
+    run = search(BagOfWordsEmbedder(), {"a": "alpha beta"}, corpus, None, top_k=2, settings=skip_own)
     assert list(run["a"]) == ["b", "c"]
     run = search(BagOfWordsEmbedder(), {"a": "alpha beta"}, corpus, None, top_k=2)
     assert list(run["a"]) == ["a", "b"]
-
-
-def test_load_beir_header_missing_queries_and_errors(tmp_path, caplog):
-    folder = _write_beir(
-        tmp_path / "toy", {"d1": {"title": "T", "text": "x"}}, {"q1": "one"}, {"q1": {"d1": 2}, "q9": {"d1": 1}}
-    )
-    data = load_beir(folder)
-    assert data.qrels == {"q1": {"d1": 2}} and data.queries == {"q1": "one"}
-    assert "q9" in caplog.text
-    assert data.corpus == {"d1": {"title": "T", "text": "x"}} and data.name == "toy"
-    with pytest.raises(FileNotFoundError, match="split='dev'.*splits found: \\['test'\\]"):
-        load_beir(folder, split="dev")
-    (folder / "qrels" / "trec.tsv").write_text("q1\t0\td1\t3\n")  # TREC-style, with the iteration column
-    assert load_beir(folder, split="trec").qrels == {"q1": {"d1": 3}}
-    (folder / "corpus.jsonl").write_text('{"title": "no id"}\n')
-    with pytest.raises(ValueError, match="_id"):
-        load_beir(folder)
-
-
-def test_evaluate_retrieval_with_tiny_model(tiny_folder):
-    """The real E5Embedder end to end; block layout must not change the run."""
-    from e5mistral import E5Embedder
-
-    embedder = E5Embedder.from_pretrained(tiny_folder, batch_size=8)
-    corpus, queries, qrels = _toy_collection(seed=5, num_docs=30, num_queries=6)
-    a = evaluate_retrieval(embedder, queries, corpus, qrels, "web_search", k_values=(1, 10), block_size=4)
-    b = evaluate_retrieval(embedder, queries, corpus, qrels, "web_search", k_values=(1, 10), block_size=100)
-    assert {qid: list(docs) for qid, docs in a.run.items()} == {qid: list(docs) for qid, docs in b.run.items()}
-    assert a.metrics == pytest.approx(b.metrics)
-    q = embedder.encode_queries([queries[qid] for qid in qrels], instruction="web_search")
-    d = embedder.encode_documents([document_text(doc) for doc in corpus.values()])
-    top = (q @ d.T).argmax(dim=1).tolist()
-    assert [next(iter(a.run[qid])) for qid in qrels] == [list(corpus)[j] for j in top]
-
-
-def test_evaluate_script_writes_results_and_table(tiny_folder, tmp_path, capsys):
-    """The command in scripts/evaluate.py's docstring, on two toy BEIR folders."""
-    import importlib.util
-    from pathlib import Path
-
-    from e5mistral import E5Embedder
-    from e5mistral.instructions import get_instruction
-
-    spec = importlib.util.spec_from_file_location(
-        "evaluate_script", Path(__file__).parents[1] / "scripts" / "evaluate.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    folders = [
-        _write_beir(tmp_path / name, *_toy_collection(seed=i, num_docs=25, num_queries=5))
-        for i, name in enumerate(["scifact", "toyset"])
-    ]
-    out = tmp_path / "results.json"
-    argv = [
-        "--model",
-        str(tiny_folder),
-        "--beir",
-        str(folders[0]),
-        "--beir",
-        str(folders[1]),
-        "--output",
-        str(out),
-        "--block-size",
-        "8",
-    ]
-    results = script.main(argv)
-    assert json.loads(out.read_text()) == json.loads(json.dumps(results))
-    assert results["beir"]["scifact"]["instruction"] == get_instruction("scientific_claims")
-    assert results["beir"]["toyset"]["instruction"] == get_instruction("web_search")
-    embedder = E5Embedder.from_pretrained(tiny_folder)
-    direct = evaluate_beir(embedder, folders[0], get_instruction("scientific_claims"))
-    assert results["beir"]["scifact"]["metrics"] == pytest.approx(direct.metrics)
-    printed = capsys.readouterr().out
-    assert "scifact" in printed and f"{100 * direct.metrics['ndcg@10']:.2f}" in printed
-    from e5mistral.errors import UserError
-
-    with pytest.raises(UserError, match="nothing to evaluate"):
-        script.main(["--model", str(tiny_folder), "--output", str(out)])

@@ -76,6 +76,11 @@ def write_rows(path: Path, n: int) -> str:
     return str(path)
 
 
+def demo_on(rows: str, max_steps: int) -> list[str]:
+    """The demo recipe on the rows file `rows`, every row trained on (none held out), for `max_steps`."""
+    return ["--config", "configs/demo.yaml", "--dataset_name", rows, "--eval_split_size", "0", "--max_steps", str(max_steps)]
+
+
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
@@ -101,14 +106,7 @@ def test_demo_config_runs_on_two_cpu_processes_with_accelerate_launch(tmp_path):
 def test_two_processes_with_gathering_and_gradcache_equal_one_process_with_the_double_batch(tmp_path):
     rows = write_rows(tmp_path / "rows.jsonl", 8)
     common = [
-        "--config",
-        "configs/demo.yaml",
-        "--dataset_name",
-        rows,
-        "--eval_split_size",
-        "0",
-        "--max_steps",
-        "1",
+        *demo_on(rows, max_steps=1),
         "--optim",
         "sgd",
         "--learning_rate",
@@ -149,14 +147,7 @@ def test_two_processes_with_gathering_and_gradcache_equal_one_process_with_the_d
 def test_resume_after_a_killed_run_reaches_the_uninterrupted_weights(tmp_path):
     rows = write_rows(tmp_path / "rows.jsonl", 64)
     common = [
-        "--config",
-        "configs/demo.yaml",
-        "--dataset_name",
-        rows,
-        "--eval_split_size",
-        "0",
-        "--max_steps",
-        "24",
+        *demo_on(rows, max_steps=24),
         "--per_device_train_batch_size",
         "8",
         "--save_strategy",

@@ -6,7 +6,6 @@ Each test is named for the behaviour; most call the script's own ``parse_args``/
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -28,10 +27,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def train_script():
-    spec = importlib.util.spec_from_file_location("train_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from e5mistral.cli import train
+
+    return train
 
 
 def rows_file(path: Path, n: int, negatives: bool = True) -> str:
@@ -45,7 +43,7 @@ def rows_file(path: Path, n: int, negatives: bool = True) -> str:
 
 
 def run_main(train_script, argv: list[str]) -> int:
-    return train_script.main(*train_script.parse_args(argv))
+    return train_script.run(*train_script.parse_args(argv))
 
 
 # ---- item 4: the model path given is the model trained ----
@@ -236,6 +234,20 @@ def test_help_shows_the_projects_options_and_help_all_shows_every_field(tmp_path
     assert "--adam_beta1" not in short.stdout and len(short.stdout.splitlines()) < 250
     full = subprocess.run([sys.executable, str(SCRIPT), "--help-all"], env=ENV, capture_output=True, text=True)
     assert full.returncode == 0 and "--adam_beta1" in full.stdout
+
+
+@pytest.mark.parametrize(
+    "module, script", [("train", "train.py"), ("evaluate", "evaluate.py"), ("mine", "mine_hard_negatives.py")]
+)
+def test_the_commands_run_as_modules_and_the_scripts_are_their_entry_points(module, script):
+    path = ROOT / "scripts" / script
+    as_script = subprocess.run([sys.executable, str(path), "--help"], env=ENV, capture_output=True, text=True)
+    as_module = subprocess.run(
+        [sys.executable, "-m", f"e5mistral.cli.{module}", "--help"], env=ENV, capture_output=True, text=True
+    )
+    assert as_module.returncode == 0 and "options:" in as_module.stdout
+    assert as_module.stdout.split("options:")[1] == as_script.stdout.split("options:")[1]  # the usage line names the file
+    assert len(path.read_text().splitlines()) < 20  # the script only calls e5mistral.cli.<module>.main
 
 
 # ---- item 17: documents cited exist ----

@@ -5,6 +5,7 @@ trained model, and the sampler options reach the batches."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -12,11 +13,12 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModel, EarlyStoppingCallback
 
-from e5mistral import E5Embedder, format_query
+from e5mistral import E5Embedder, E5MistralModel, format_query
 from e5mistral.testing import assert_close, make_tiny_model, make_tiny_model_folder, make_tiny_tokenizer
 from e5mistral.training.arguments import LORA_TARGET_MODULES, E5TrainingArguments
 from e5mistral.training.collator import E5Collator
 from e5mistral.training.loss import info_nce
+from e5mistral.training.run_record import RunRecord
 from e5mistral.training.trainer import E5Trainer
 
 TOKENIZER = make_tiny_tokenizer()
@@ -190,7 +192,6 @@ def test_evaluation_equals_a_brute_force_ranking_and_drives_best_model_selection
 
 def test_merged_folder_embeds_like_the_trained_lora_model(tmp_path):
     base = make_tiny_model_folder(tmp_path / "base")
-    from e5mistral import E5MistralModel
 
     model = E5MistralModel.from_pretrained(base)
     lora = LoraConfig(
@@ -212,6 +213,39 @@ def test_merged_folder_embeds_like_the_trained_lora_model(tmp_path):
     untrained = E5Embedder(E5MistralModel.from_pretrained(base), TOKENIZER).encode(texts)
     assert_close(reloaded, trained, rtol=1e-5)
     assert not torch.allclose(untrained, trained, atol=1e-3)
+
+
+def test_a_plain_trainer_run_saves_its_record_and_card_with_the_weights(tmp_path):
+    """What scripts/train.py leaves next to the weights comes from the trainer's final save itself."""
+    base = make_tiny_model_folder(tmp_path / "base")
+    rows, dev = make_rows(16), make_rows(8, seed=1)
+    trainer = E5Trainer(
+        E5MistralModel.from_pretrained(base).train(),
+        args(tmp_path, max_steps=2),
+        train_dataset=rows,
+        eval_dataset=dev,
+        processing_class=TOKENIZER,
+    )
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    folder = trainer.save_merged_model(str(tmp_path / "final"))
+    assert {"training_args.json", "trainer_state.json", "training_info.json", "README.md"} <= {
+        p.name for p in folder.iterdir()
+    }
+    info = json.loads((folder / "training_info.json").read_text())
+    assert info["base_model"] == str(base) and info["num_train_rows"] == 16 and info["dataset"] is None
+    assert info["held_out_evaluation"]["rows"] == 8
+    assert info["held_out_evaluation"]["before"]["ndcg@10"] == before["eval_ndcg@10"]
+    assert info["held_out_evaluation"]["after"]["ndcg@10"] == after["eval_ndcg@10"]
+    assert json.loads((folder / "trainer_state.json").read_text())["global_step"] == 2
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\n") and "Held-out retrieval during training" in card
+    # a RunRecord passed in `callbacks` is the one the save writes from
+    named = RunRecord(base_model="my-org/base", dataset="my-org/rows")
+    trainer = E5Trainer(make_tiny_model(TOKENIZER), args(tmp_path), processing_class=TOKENIZER, callbacks=[named])
+    assert trainer.run_record is named
+    assert sum(isinstance(c, RunRecord) for c in trainer.callback_handler.callbacks) == 1
 
 
 def test_same_task_and_no_duplicate_batches_reach_the_loss(tmp_path):

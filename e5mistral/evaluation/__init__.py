@@ -1,4 +1,4 @@
-"""Evaluation: retrieval metrics, BEIR retrieval, STS / classification, and the MTEB wrapper.
+"""Evaluation: retrieval metrics, BEIR folders and exact search, STS / classification, and the MTEB wrapper.
 
 ``retrieval_metrics`` is the one implementation of nDCG/MRR/Recall/MAP@k (checked against
 pytrec_eval); the `evaluate` module at ``RETRIEVAL_METRIC_PATH`` and the trainer both call it.
@@ -18,15 +18,14 @@ Example:
 
 from pathlib import Path
 
+from .beir import BEIR_INSTRUCTIONS, BeirDataset, load_beir
 from .metrics import DEFAULT_K_VALUES, per_query_metrics, rank_documents, retrieval_metrics
 from .retrieval import (
-    BEIR_INSTRUCTIONS,
-    BeirDataset,
     RetrievalResult,
+    SearchSettings,
     evaluate_beir,
     evaluate_retrieval,
     exact_search,
-    load_beir,
     search,
 )
 from .sts import classification_accuracy, sts_correlation
@@ -40,6 +39,7 @@ __all__ = [
     "RETRIEVAL_METRIC_PATH",
     "BeirDataset",
     "RetrievalResult",
+    "SearchSettings",
     "classification_accuracy",
     "evaluate_beir",
     "evaluate_retrieval",

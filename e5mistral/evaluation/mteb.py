@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +44,6 @@ if TYPE_CHECKING:
     from .retrieval import Embedder
 
 __all__ = ["E5MtebEncoder", "e5_model_meta"]
-
-logger = logging.getLogger(__name__)
 
 
 def _model_name(name_or_path: str) -> str:
@@ -149,15 +146,21 @@ class E5MtebEncoder(AbsEncoder):
         device: str | None = None,
         **embedder_kwargs: Any,
     ) -> E5MtebEncoder:
-        """Load an `E5Embedder` from a folder or Hub id and wrap it."""
-        from e5mistral import E5Embedder
+        """Load an `E5Embedder` from a folder or Hub id (at ``revision``, a Hub branch, tag or commit) and wrap it.
 
-        if revision is not None:
-            logger.warning(
-                "E5MtebEncoder.from_pretrained: revision=%r is recorded in the ModelMeta but not used to load.",
-                revision,
-            )
-        embedder = E5Embedder.from_pretrained(name_or_path, device=device, **embedder_kwargs)
+        The revision is also the ``ModelMeta``'s, so mteb's results name the weights evaluated.
+
+        Example:
+
+        ```python
+        >>> encoder = E5MtebEncoder.from_pretrained("intfloat/e5-mistral-7b-instruct", revision="main", device="cuda")
+        >>> encoder.mteb_model_meta.revision
+        'main'
+        ```
+        """
+        from e5mistral.encoding import E5Embedder
+
+        embedder = E5Embedder.from_pretrained(name_or_path, revision=revision, device=device, **embedder_kwargs)
         encoder = cls(embedder, instructions=instructions, name_or_path=str(name_or_path))
         if revision is not None:
             encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"revision": revision})

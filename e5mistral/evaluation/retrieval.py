@@ -1,9 +1,8 @@
-"""Retrieval evaluation on BEIR-format folders with exact, block-bounded top-k search.
+"""Retrieval evaluation with exact, block-bounded top-k search, on any queries/corpus/qrels or a BEIR folder.
 
-A BEIR folder holds ``corpus.jsonl`` (``_id``, ``title``, ``text``), ``queries.jsonl`` (``_id``,
-``text``) and ``qrels/<split>.tsv`` (``query-id``, ``corpus-id``, ``score``; a header line is
-optional). Queries are embedded with the task instruction (``Instruct: ...\\nQuery: ...``),
-documents bare as ``"{title} {text}"`` (stripped; the same join MTEB and BEIR use).
+Queries are embedded with the task instruction (``Instruct: ...\\nQuery: ...``), documents bare
+(:func:`~e5mistral.evaluation.beir.document_text`). BEIR folders are read by
+:mod:`e5mistral.evaluation.beir` (its names are importable from here too).
 
 Search is exact: cosine scores are matrix products of L2-normalised embeddings. The corpus is
 embedded and scored one block of ``block_size`` documents at a time, keeping only a running top-k
@@ -18,33 +17,35 @@ Example:
 
 ```python
 >>> from e5mistral import E5Embedder
->>> from e5mistral.evaluation.retrieval import evaluate_beir
+>>> from e5mistral.evaluation.retrieval import SearchSettings, evaluate_beir
 >>> embedder = E5Embedder.from_pretrained("out/my-e5")
->>> result = evaluate_beir(embedder, "data/scifact", instruction="scientific_claims")
+>>> result = evaluate_beir(embedder, "data/scifact", instruction="scientific_claims",
+...                        settings=SearchSettings(block_size=4096, device="cuda"))
 >>> result.metrics["ndcg@10"]
 ```
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import logging
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
+from .beir import BEIR_INSTRUCTIONS, BeirDataset, document_text, load_beir
 from .metrics import DEFAULT_K_VALUES, retrieval_metrics
 
+# BEIR_INSTRUCTIONS, BeirDataset, document_text and load_beir live in .beir; they are imported from here too.
 __all__ = [
     "BEIR_INSTRUCTIONS",
     "DEFAULT_BLOCK_SIZE",
     "BeirDataset",
     "Embedder",
     "RetrievalResult",
+    "SearchSettings",
     "document_text",
     "evaluate_beir",
     "evaluate_retrieval",
@@ -53,29 +54,7 @@ __all__ = [
     "search",
 ]
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_BLOCK_SIZE = 16384
-
-# Instruction names (keys of e5mistral.INSTRUCTIONS) for the BEIR sets, by folder name; the
-# families follow the task each set poses (as the recipe's per-task instructions do).
-BEIR_INSTRUCTIONS: dict[str, str] = {
-    "msmarco": "web_search",
-    "dbpedia-entity": "web_search",
-    "trec-covid": "question_answering",
-    "nfcorpus": "question_answering",
-    "nq": "question_answering",
-    "hotpotqa": "question_answering",
-    "fiqa": "question_answering",
-    "webis-touche2020": "question_answering",
-    "arguana": "argument_retrieval",
-    "quora": "duplicate_question",
-    "cqadupstack": "duplicate_question",
-    "fever": "fact_checking",
-    "climate-fever": "fact_checking",
-    "scifact": "scientific_claims",
-}
-
 
 class Embedder(Protocol):
     """What the evaluators need: :class:`e5mistral.E5Embedder` or anything shaped like it.
@@ -89,17 +68,6 @@ class Embedder(Protocol):
 
 
 @dataclass
-class BeirDataset:
-    """One split of a BEIR folder. `corpus` maps doc id -> {"title": str, "text": str}."""
-
-    corpus: dict[str, dict[str, str]]
-    queries: dict[str, str]
-    qrels: dict[str, dict[str, int]]
-    name: str = ""
-    split: str = "test"
-
-
-@dataclass
 class RetrievalResult:
     """`run`: query id -> {doc id: cosine score} (top_k per query); `metrics`: see `retrieval_metrics`."""
 
@@ -109,102 +77,47 @@ class RetrievalResult:
     num_documents: int = 0
 
 
-def document_text(doc: Mapping[str, str]) -> str:
-    """The text a document is embedded as: title and text joined by a space, stripped.
+@dataclass(frozen=True)
+class SearchSettings:
+    """How :func:`search` (and so :func:`evaluate_retrieval` and :func:`evaluate_beir`) runs.
+
+    Attributes:
+        block_size: documents embedded and scored at once; memory is ``O(Q * (top_k + block_size))``.
+        ignore_identical_ids: never return a document whose id equals the query id (BEIR's
+            convention for sets such as ArguAna and Quora, whose queries are also in the corpus).
+        show_progress_bar: passed to the embedder's ``encode_*`` calls (``None``: its default).
+        device: where scores are computed (e.g. "cuda"; default: where the embedder returns
+            embeddings, the CPU for ``E5Embedder``).
 
     Example:
 
     ```python
-    >>> document_text({"title": "Mont Blanc", "text": "It rises 4,806 m."})
-    'Mont Blanc It rises 4,806 m.'
-    >>> document_text({"title": "", "text": "No title."})
-    'No title.'
+    >>> SearchSettings(block_size=4096, device="cuda")
+    SearchSettings(block_size=4096, ignore_identical_ids=False, show_progress_bar=None, device='cuda')
     ```
     """
-    return f"{doc.get('title') or ''} {doc.get('text') or ''}".strip()
+
+    block_size: int = DEFAULT_BLOCK_SIZE
+    ignore_identical_ids: bool = False
+    show_progress_bar: bool | None = None
+    device: str | torch.device | None = None
 
 
-def _read_jsonl(path: Path, what: str) -> Iterator[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"BEIR {what} file {str(path)!r} does not exist; a BEIR folder needs corpus.jsonl, queries.jsonl and qrels/<split>.tsv."
-        )
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if "_id" not in row:
-                raise ValueError(
-                    f"{path}:{line_no}: row has no '_id' field (keys {sorted(row)}); every {what} row needs '_id'."
-                )
-            yield row
-
-
-def load_beir(folder: str | Path, split: str = "test") -> BeirDataset:
-    """Load one split of a BEIR-format folder.
-
-    Only queries that appear in ``qrels/<split>.tsv`` are kept. Qrels rows are
-    ``query-id<TAB>corpus-id<TAB>score`` (BEIR) or ``query-id<TAB>0<TAB>corpus-id<TAB>score`` (TREC). A qrels line whose query is not
-    in ``queries.jsonl`` is dropped with a warning; qrels grades are integers.
-
-    Example:
-
-    ```python
-    >>> data = load_beir("data/scifact", split="test")
-    >>> len(data.queries), len(data.corpus)
-    (300, 5183)
-    ```
-    """
-    folder = Path(folder)
-    qrels_path = folder / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        available = sorted(p.stem for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
-        raise FileNotFoundError(
-            f"no qrels for split={split!r}: {str(qrels_path)!r} does not exist; splits found: {available}."
-        )
-
-    corpus = {
-        str(row["_id"]): {"title": row.get("title") or "", "text": row.get("text") or ""}
-        for row in _read_jsonl(folder / "corpus.jsonl", "corpus")
-    }
-    all_queries = {str(row["_id"]): row.get("text") or "" for row in _read_jsonl(folder / "queries.jsonl", "queries")}
-
-    qrels: dict[str, dict[str, int]] = {}
-    missing_queries: set[str] = set()
-    with qrels_path.open(encoding="utf-8", newline="") as f:
-        for line_no, fields in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), start=1):
-            if not fields or not "".join(fields).strip():
-                continue
-            if len(fields) < 3:
-                raise ValueError(
-                    f"{qrels_path}:{line_no}: expected 'query-id<TAB>corpus-id<TAB>score', got {fields!r}."
-                )
-            # BEIR: query-id, corpus-id, score; TREC-style rows carry an iteration column second
-            qid, doc_id, grade = (
-                (fields[0], fields[2], fields[3]) if len(fields) == 4 else (fields[0], fields[1], fields[-1])
-            )
-            try:
-                grade_value = int(float(grade))
-            except ValueError:
-                if line_no == 1:  # header line
-                    continue
-                raise ValueError(f"{qrels_path}:{line_no}: score {grade!r} is not a number.") from None
-            if qid not in all_queries:
-                missing_queries.add(qid)
-                continue
-            qrels.setdefault(qid, {})[doc_id] = grade_value
-    if missing_queries:
-        logger.warning(
-            "%s: %d qrels queries are not in queries.jsonl and were dropped (e.g. %r).",
-            qrels_path,
-            len(missing_queries),
-            min(missing_queries),
-        )
-    if not qrels:
-        raise ValueError(f"{qrels_path} judges no query of queries.jsonl; check that the ids match.")
-    queries = {qid: all_queries[qid] for qid in qrels}
-    return BeirDataset(corpus=corpus, queries=queries, qrels=qrels, name=folder.name, split=split)
+def _settings(settings: SearchSettings | None, deprecated: Mapping[str, Any], caller: str) -> SearchSettings:
+    """``settings``, or the old keywords (``block_size=``...) made into settings with a ``DeprecationWarning``."""
+    if not deprecated:
+        return settings if settings is not None else SearchSettings()
+    unknown = sorted(set(deprecated) - {f.name for f in fields(SearchSettings)})
+    if unknown:
+        raise TypeError(f"{caller}() got unexpected keyword arguments {unknown}")
+    if settings is not None:
+        raise TypeError(f"{caller}(): pass settings= or the keywords {sorted(deprecated)}, not both.")
+    warnings.warn(
+        f"{caller}({', '.join(f'{k}=' for k in deprecated)}...) is deprecated; pass settings=SearchSettings(...).",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return SearchSettings(**deprecated)
 
 
 def _merge_top_k(
@@ -306,38 +219,46 @@ def search(
     corpus: Mapping[str, Mapping[str, str] | str],
     instruction: str | None,
     top_k: int = 100,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    ignore_identical_ids: bool = False,
-    show_progress_bar: bool | None = None,
-    device: str | torch.device | None = None,
+    *,
+    settings: SearchSettings | None = None,
+    **deprecated: Any,
 ) -> dict[str, dict[str, float]]:
     """Embed queries (with `instruction`) and corpus (bare), return each query's top-k documents.
 
-    `corpus` values are BEIR dicts (title, text) or plain strings. With `ignore_identical_ids`,
-    a document whose id equals the query id is never returned (BEIR's convention for sets such
-    as ArguAna and Quora where queries are also in the corpus). Scores are computed on `device`
-    (e.g. "cuda"; default: where the embedder returns embeddings, the CPU for `E5Embedder`).
+    `corpus` values are BEIR dicts (title, text) or plain strings. `settings` (a
+    :class:`SearchSettings`) bound the memory, drop identical ids and pick the scoring device;
+    the old keywords ``block_size=``, ``ignore_identical_ids=``, ``show_progress_bar=`` and
+    ``device=`` are still accepted for one release (with a ``DeprecationWarning``).
 
     Returns:
         query id -> {doc id: cosine score}, at most `top_k` documents each.
+
+    Example:
+
+    ```python
+    >>> run = search(embedder, {"q1": "capital of France"}, {"d1": "Paris is the capital.", "q1": "capital of France"},
+    ...              "question_answering", top_k=1, settings=SearchSettings(ignore_identical_ids=True))
+    >>> list(run["q1"])
+    ['d1']
+    ```
     """
+    settings = _settings(settings, deprecated, "search")
     query_ids = list(queries)
     doc_ids = list(corpus)
     if not query_ids or not doc_ids:
         raise ValueError(f"search: got {len(query_ids)} queries and {len(doc_ids)} documents; both must be non-empty.")
     doc_texts = [doc if isinstance(doc, str) else document_text(doc) for doc in corpus.values()]
     q_emb = embedder.encode_queries(
-        [queries[qid] for qid in query_ids], instruction=instruction, show_progress_bar=show_progress_bar
+        [queries[qid] for qid in query_ids], instruction=instruction, show_progress_bar=settings.show_progress_bar
     )  # (Q, D)
-    if device is not None:
-        q_emb = q_emb.to(device)  # exact_search moves each document block to the queries' device
-    k = top_k + 1 if ignore_identical_ids else top_k
-    scores, idx = exact_search(
-        q_emb, _document_blocks(embedder, doc_texts, block_size, show_progress_bar), k, block_size
-    )  # (Q, k)
+    if settings.device is not None:
+        q_emb = q_emb.to(settings.device)  # exact_search moves each document block to the queries' device
+    skip_own = settings.ignore_identical_ids
+    blocks = _document_blocks(embedder, doc_texts, settings.block_size, settings.show_progress_bar)
+    scores, idx = exact_search(q_emb, blocks, top_k + 1 if skip_own else top_k, settings.block_size)  # (Q, k)
     run: dict[str, dict[str, float]] = {}
     for qid, row_scores, row_idx in zip(query_ids, scores.tolist(), idx.tolist()):
-        hits = {doc_ids[i]: s for s, i in zip(row_scores, row_idx) if not (ignore_identical_ids and doc_ids[i] == qid)}
+        hits = {doc_ids[i]: s for s, i in zip(row_scores, row_idx) if not (skip_own and doc_ids[i] == qid)}
         run[qid] = dict(list(hits.items())[:top_k])
     return run
 
@@ -350,15 +271,15 @@ def evaluate_retrieval(
     instruction: str | None,
     k_values: Sequence[int] = DEFAULT_K_VALUES,
     top_k: int | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    ignore_identical_ids: bool = False,
-    show_progress_bar: bool | None = None,
-    device: str | torch.device | None = None,
+    *,
+    settings: SearchSettings | None = None,
+    **deprecated: Any,
 ) -> RetrievalResult:
-    """Search the queries of `qrels` in `corpus` and score the run with `retrieval_metrics`.
+    """Search the queries of `qrels` in `corpus` (:func:`search`) and score the run with `retrieval_metrics`.
 
-    `top_k` defaults to `max(k_values)`. Queries with no qrels entry at all are skipped (as MTEB
-    does); each remaining query counts, see :func:`e5mistral.evaluation.metrics.retrieval_metrics`.
+    `top_k` defaults to `max(k_values)`; `settings` as in :func:`search`. Queries with no qrels
+    entry at all are skipped (as MTEB does); each remaining query counts, see
+    :func:`e5mistral.evaluation.metrics.retrieval_metrics`.
 
     Example:
 
@@ -370,24 +291,15 @@ def evaluate_retrieval(
     1.0
     ```
     """
+    settings = _settings(settings, deprecated, "evaluate_retrieval")
     qrels = {qid: dict(judged) for qid, judged in qrels.items() if judged}
     missing = [qid for qid in qrels if qid not in queries]
     if missing:
         raise ValueError(
             f"{len(missing)} qrels queries have no text in `queries` (e.g. {missing[0]!r}); pass the matching queries."
         )
-    top_k = top_k or max(k_values)
-    run = search(
-        embedder,
-        {qid: queries[qid] for qid in qrels},
-        corpus,
-        instruction,
-        top_k,
-        block_size,
-        ignore_identical_ids,
-        show_progress_bar,
-        device,
-    )
+    judged_queries = {qid: queries[qid] for qid in qrels}
+    run = search(embedder, judged_queries, corpus, instruction, top_k or max(k_values), settings=settings)
     metrics = retrieval_metrics(run, qrels, k_values)
     return RetrievalResult(metrics=metrics, run=run, num_queries=len(qrels), num_documents=len(corpus))
 
@@ -399,23 +311,21 @@ def evaluate_beir(
     split: str = "test",
     k_values: Sequence[int] = DEFAULT_K_VALUES,
     top_k: int | None = None,
-    block_size: int = DEFAULT_BLOCK_SIZE,
-    ignore_identical_ids: bool = False,
-    show_progress_bar: bool | None = None,
-    device: str | torch.device | None = None,
+    *,
+    settings: SearchSettings | None = None,
+    **deprecated: Any,
 ) -> RetrievalResult:
-    """Load a BEIR folder (:func:`load_beir`) and evaluate it (:func:`evaluate_retrieval`)."""
+    """Load a BEIR folder (:func:`load_beir`) and evaluate it (:func:`evaluate_retrieval`).
+
+    Example:
+
+    ```python
+    >>> evaluate_beir(embedder, "data/arguana", "argument_retrieval",
+    ...               settings=SearchSettings(ignore_identical_ids=True, device="cuda")).metrics["ndcg@10"]
+    ```
+    """
+    settings = _settings(settings, deprecated, "evaluate_beir")
     data = load_beir(folder, split)
     return evaluate_retrieval(
-        embedder,
-        data.queries,
-        data.corpus,
-        data.qrels,
-        instruction,
-        k_values,
-        top_k,
-        block_size,
-        ignore_identical_ids,
-        show_progress_bar,
-        device,
+        embedder, data.queries, data.corpus, data.qrels, instruction, k_values, top_k, settings=settings
     )

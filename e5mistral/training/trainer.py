@@ -12,21 +12,22 @@ What it changes in `transformers.Trainer`, and nothing else:
 - ``evaluate``: retrieval metrics (nDCG@10, MRR@10, Recall@k...) on a dev split: each dev row's
   query must find its positive among all dev documents. They are logged as ``eval_ndcg@10``..., so
   ``metric_for_best_model: ndcg@10``, ``load_best_model_at_end`` and early stopping work.
-- ``save_merged_model``: the final folder, LoRA merged, loadable by ``AutoModel.from_pretrained``.
+- ``save_merged_model``: the final folder, LoRA merged, loadable by ``AutoModel.from_pretrained``,
+  with the run's record and model card (:class:`~e5mistral.training.run_record.RunRecord`, a
+  callback the trainer always holds; pass your own in ``callbacks`` to name the base model and data).
 - engines (:mod:`e5mistral.training.engines`): the engine accelerate built must be the one the
   launch asks for (``self.engine`` names it); evaluation runs through FSDP2 / DeepSpeed ZeRO-3
   (preparing the model first when it comes before training), checkpoints keep the model's own
-  code under FSDP2, and the merged save reloads without ZeRO-3's ``zero.Init``.
+  code under FSDP2 (both in :mod:`e5mistral.training.sharded`), and the merged save reloads
+  without ZeRO-3's ``zero.Init``.
+- logs: one line each (:mod:`e5mistral.training.log_lines`) instead of a dict of strings.
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,26 +35,29 @@ from datasets import Dataset
 from peft import PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import Trainer, TrainerCallback
-from transformers.integrations.deepspeed import deepspeed_init
+from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import speed_metrics
 
 from e5mistral.encoding import E5Embedder
 from e5mistral.errors import UserError
-from e5mistral.tokenization import clamp_max_length
 from e5mistral.evaluation.metrics import retrieval_metrics
 from e5mistral.evaluation.retrieval import exact_search
 from e5mistral.instructions import format_query
+from e5mistral.tokenization import clamp_max_length
 from e5mistral.training.arguments import E5TrainingArguments
 from e5mistral.training.collator import E5Collator
 from e5mistral.training.data import SCHEMA_COLUMNS
 from e5mistral.training.engines import check_engine, fsdp_on_cpu, zero3_init_disabled
 from e5mistral.training.gradcache import embed_length_sorted, grad_cache
+from e5mistral.training.interrupt import StopOnInterrupt
+from e5mistral.training.log_lines import LogLinePrinter, LogLineProgress
 from e5mistral.training.loss import gather_documents, info_nce
+from e5mistral.training.run_record import RunRecord
 from e5mistral.training.sampler import E5BatchSampler
+from e5mistral.training.sharded import model_for_evaluation, own_class
 
-__all__ = ["E5Trainer", "StopOnInterrupt"]
+__all__ = ["E5Trainer", "StopOnInterrupt"]  # StopOnInterrupt lives in .interrupt; imported from here too
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +137,11 @@ class E5Trainer(Trainer):
             self.add_callback(LogLinePrinter())
         elif self.pop_callback(ProgressCallback) is not None:
             self.add_callback(LogLineProgress())
+        # The run's record for the final save (a RunRecord passed in `callbacks` is the one used).
+        records = [c for c in self.callback_handler.callbacks if isinstance(c, RunRecord)]
+        self.run_record = records[0] if records else RunRecord()
+        if not records:
+            self.add_callback(self.run_record)
 
     def create_accelerator_and_postprocess(self) -> None:
         # On a machine without GPUs accelerate would not build FSDP from a CPU state (see engines.fsdp_on_cpu).
@@ -330,58 +339,15 @@ class E5Trainer(Trainer):
         }
         return retrieval_metrics(run, qrels, k_values)
 
-    @contextmanager
     def _model_for_evaluation(self):
-        """The model every process embeds the dev split with: through the engine under FSDP and ZeRO-3.
-
-        There the weights are sharded, and before training they are not even whole on every process
-        (ZeRO-3 partitions them at load, FSDP's ``cpu_ram_efficient_loading`` loads them on rank 0
-        only), so an evaluation before training first prepares the model (``Trainer.evaluation_loop``
-        would, but its way fails under both engines in transformers 5.24 / accelerate 1.15):
-
-        - FSDP2: accelerate's ``fsdp2_prepare_model`` shards it in place (broadcasting rank 0's
-          weights); ``train`` then finds it sharded and only builds the optimizer over the shards.
-        - DeepSpeed: an inference engine (as ``evaluation_loop`` sets up), destroyed afterwards (its
-          hooks removed), so ``train`` builds its training engine on the bare model as without it.
-        """
-        if not (self.is_fsdp_enabled or self.is_deepspeed_enabled):
-            yield self.accelerator.unwrap_model(self.model)
-            return
-        if self.is_fsdp_enabled:
-            from accelerate.utils.fsdp_utils import fsdp2_prepare_model
-            from torch.distributed.fsdp import FSDPModule
-
-            if not isinstance(self.model, FSDPModule):
-                if self.accelerator.state.fsdp_plugin.activation_checkpointing:
-                    raise UserError(
-                        "evaluation before training under FSDP with fsdp_activation_checkpointing: true is not "
-                        "supported (accelerate applies it when it shards the model for training); set "
-                        "fsdp_activation_checkpointing: false and the training argument activation_checkpointing: true."
-                    )
-                self.model = self.model_wrapped = fsdp2_prepare_model(self.accelerator, self.model)
-            yield _ThroughEngine(self.model, self.accelerator.unwrap_model(self.model).config)
-            return
-        inference_engine = None
-        if self.deepspeed is None:  # before training
-            deepspeed_init(self, num_training_steps=0, inference=True)
-            inference_engine = self.accelerator.prepare(self.model)
-        engine = inference_engine if inference_engine is not None else self.deepspeed
-        try:
-            yield _ThroughEngine(engine, self.accelerator.unwrap_model(self.model).config)
-        finally:
-            if inference_engine is not None:
-                inference_engine.destroy()
-                self.accelerator._models.remove(inference_engine)
+        """The model every process embeds the dev split with (:func:`e5mistral.training.sharded.model_for_evaluation`)."""
+        return model_for_evaluation(self)
 
     # ---- saving ----
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
-        # FSDP2 re-classes the model in place (FSDPE5MistralModel, defined in torch), and
-        # save_pretrained writes the module of the model's class as the folder's custom code: a
-        # checkpoint would hold torch's FSDP files and an auto_map naming them. Saved as its own class.
-        with _own_class(self.model):
+        with own_class(self.model):  # an FSDP2 checkpoint keeps the model's own code (see sharded.own_class)
             super()._save(output_dir, state_dict)
-
 
     def save_merged_model(self, output_dir: str | None = None) -> Path:
         """Write the final embedding-model folder (weights, code, tokenizer, Sentence-Transformers files).
@@ -389,8 +355,11 @@ class E5Trainer(Trainer):
         The trained weights are first saved by ``Trainer.save_model`` (which gathers them under
         ZeRO-3 and FSDP); then the main process reloads the base model, merges the LoRA adapter
         into it and writes the folder with :func:`e5mistral.save_model_folder`. The adapter alone
-        stays in ``<output_dir>/adapter`` when ``keep_adapter`` is set. Call it on every process.
-        Under ZeRO-3 the main process loads without ``zero.Init`` (which would wait for the others).
+        stays in ``<output_dir>/adapter`` when ``keep_adapter`` is set. Last, the main process writes
+        the run's record and the model card rendered from it (``training_args.json``,
+        ``trainer_state.json``, ``training_info.json``, ``README.md``: see
+        :mod:`e5mistral.training.run_record`). Call it on every process. Under ZeRO-3 the main
+        process loads without ``zero.Init`` (which would wait for the others).
         """
         output_dir = Path(output_dir or self.args.output_dir)
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -401,6 +370,7 @@ class E5Trainer(Trainer):
         if self.accelerator.is_main_process:
             with zero3_init_disabled():
                 self._write_merged_folder(unwrapped, is_peft, staging, output_dir)
+            self.run_record.write(output_dir, self)
         self.accelerator.wait_for_everyone()
         return output_dir
 
@@ -426,135 +396,3 @@ class E5Trainer(Trainer):
         save_model_folder(merged, self.processing_class, output_dir, max_seq_length=max_seq_length)
         if not (is_peft and self.args.keep_adapter):
             shutil.rmtree(staging)
-
-
-@contextmanager
-def _own_class(model: nn.Module):
-    """Inside, an FSDP2-sharded ``model`` has its own class again (``FSDPModule`` subclasses dropped)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    sharded_class = type(model)
-    if not isinstance(model, FSDPModule):
-        yield
-        return
-    model.__class__ = next(c for c in sharded_class.__mro__ if not issubclass(c, FSDPModule))
-    try:
-        yield
-    finally:
-        model.__class__ = sharded_class
-
-
-class _ThroughEngine(nn.Module):
-    """An FSDP2 / DeepSpeed model as :class:`E5Embedder` sees it, for the evaluation.
-
-    Each call runs through the engine (which gathers the shards) under ``no_grad`` with inference
-    mode off: E5Embedder encodes under ``torch.inference_mode``, and the weights an engine gathers
-    there would become inference tensors, which training then cannot update in place. ``config``
-    is the model's (a DeepSpeed engine's own ``config`` is DeepSpeed's).
-    """
-
-    def __init__(self, engine: nn.Module, config):
-        super().__init__()
-        self.engine = engine
-        self.config = config
-        self.training = engine.training  # E5Embedder puts back the mode it finds
-
-    def forward(self, **inputs):
-        with torch.inference_mode(False), torch.no_grad():
-            return self.engine(**inputs)
-
-
-class StopOnInterrupt(TrainerCallback):
-    """Ctrl-C stops training cleanly: the step in progress finishes, a checkpoint is saved, ``train`` returns.
-
-    A second Ctrl-C interrupts at once (``KeyboardInterrupt``), losing the step in progress. With
-    several processes the request is shared at each step end, so all processes stop at the same
-    step and save the same checkpoint. After ``train`` returns, ``stopped_at`` is the step saved
-    (``None`` when training was not interrupted).
-
-    Example:
-        >>> stop = StopOnInterrupt(trainer.accelerator)  # doctest: +SKIP
-        >>> trainer.add_callback(stop); trainer.train()  # doctest: +SKIP
-        >>> if stop.stopped_at is not None: print(f"saved checkpoint-{stop.stopped_at}")  # doctest: +SKIP
-    """
-
-    def __init__(self, accelerator):
-        self.accelerator = accelerator
-        self.requested = False
-        self.stopped_at: int | None = None
-        self._previous = None
-
-    def _on_sigint(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        if self.accelerator.is_main_process:
-            print("\nCtrl-C: finishing this step and saving a checkpoint (Ctrl-C again to stop at once).", flush=True)
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        flag = torch.tensor([int(self.requested)], device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, reduction="sum")
-        if flag.item():
-            control.should_save = True
-            control.should_training_stop = True
-            self.stopped_at = state.global_step
-        return control
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
-
-
-_SHOWN_EVAL = ("ndcg@10", "mrr@10", "recall@1", "recall@10")
-
-
-def format_log_line(logs: dict, state) -> str:
-    """One line for a log: ``step 10/42  loss 14.66  accuracy 0.0375  lr 8.92e-04``, or the eval metrics.
-
-    Example:
-        >>> from types import SimpleNamespace
-        >>> format_log_line({"loss": 3.4104, "learning_rate": 6.2e-4, "epoch": 2.86}, SimpleNamespace(global_step=20, max_steps=42))
-        'step 20/42  epoch 2.86  loss 3.410  lr 6.20e-04'
-    """
-    head = f"step {state.global_step}/{state.max_steps}" if state.max_steps else "before training"
-    if any(key.startswith("eval_") for key in logs):
-        shown = [f"{name} {logs['eval_' + name]:.4f}" for name in _SHOWN_EVAL if "eval_" + name in logs]
-        return f"{head}  eval: " + "  ".join(shown)
-    if "train_runtime" in logs:
-        return (
-            f"{head}  done in {logs['train_runtime']:.1f} s ({logs.get('train_samples_per_second', 0):.1f} rows/s), "
-            f"mean loss {logs.get('train_loss', float('nan')):.3f}"
-        )
-    parts = [head]
-    if "epoch" in logs:
-        parts.append(f"epoch {logs['epoch']:.2f}")
-    for key, label, spec in (("loss", "loss", ".3f"), ("accuracy", "accuracy", ".3f"), ("grad_norm", "grad_norm", ".3g")):
-        if key in logs:
-            parts.append(f"{label} {logs[key]:{spec}}")
-    if "learning_rate" in logs:
-        parts.append(f"lr {logs['learning_rate']:.2e}")
-    parts += [f"{k} {v}" for k, v in logs.items() if k not in ("epoch", "loss", "accuracy", "grad_norm", "learning_rate")]
-    return "  ".join(parts)
-
-
-class LogLinePrinter(PrinterCallback):
-    """`PrinterCallback` (no progress bar) printing :func:`format_log_line`."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            print(format_log_line(logs, state), flush=True)
-
-
-class LogLineProgress(ProgressCallback):
-    """`ProgressCallback` (the tqdm bar) writing :func:`format_log_line` above the bar."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            line = format_log_line(logs, state)
-            (self.training_bar.write if self.training_bar is not None else print)(line)
