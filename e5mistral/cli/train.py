@@ -136,13 +136,13 @@ def run(script_args: E5ScriptArguments, training_args: E5TrainingArguments, mode
 
 def resume_command() -> str:
     """This script's command line as typed (behind the same launcher, when one started it), secrets
-    (a ``--hub_token``, URL credentials) redacted as everywhere else."""
+    (a ``--hub_token``, URL credentials) redacted: :func:`e5mistral.errors.resume_command`."""
     import os
 
-    from e5mistral.synthetic.llm import redact
+    from e5mistral.errors import resume_command as command_line
 
-    launcher = "accelerate launch <the same launch options> " if "LOCAL_RANK" in os.environ else "python "
-    return launcher + " ".join(shlex.quote(redact(a)) for a in sys.argv)
+    launcher = "accelerate launch <the same launch options>" if "LOCAL_RANK" in os.environ else "python"
+    return command_line(sys.argv[1:], sys.argv[0], launcher=launcher)
 
 
 def _own_fields() -> set[str]:

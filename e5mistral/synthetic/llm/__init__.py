@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-from ...secrets import redact  # kept for scripts/train.py, which still imports it from here
 from .base import JSON_MODES, ChatResult, EndpointsUnreachable, FatalLLMError, LLMError, accepts_schema
 from .endpoints import EndpointPool, chat_completions_url, retry_after_seconds
 from .local import TransformersChatBackend
@@ -30,6 +29,5 @@ __all__ = [
     "TransformersChatBackend",
     "accepts_schema",
     "chat_completions_url",
-    "redact",
     "retry_after_seconds",
 ]
