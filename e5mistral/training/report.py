@@ -27,12 +27,15 @@ def start_summary(trainer, train, dev, lora: bool) -> str:
     args = trainer.args
     trainable = count_parameters(trainer.model)  # whole counts, also of ZeRO-3's partitioned weights
     world = args.world_size
+    batch = args.per_device_train_batch_size * world
+    # hard negatives a row brings: the first num_negatives (None: all), as the collator takes them
+    negatives = [len(n) if args.num_negatives is None else min(len(n), args.num_negatives) for n in train["negatives"]]
+    documents = batch * (1 + sum(negatives) / max(len(negatives), 1))
     return (
         f"Training rows: {len(train)} ({dict(Counter(train['task']))}); dev rows: {len(dev) if dev else 0}\n"
         f"Trainable parameters: {trainable:,}{' (LoRA)' if lora else ''}; processes: {world} "
         f"({trainer.engine}); "
-        f"global batch: {args.per_device_train_batch_size * world} rows, each query scored against "
-        f"~{args.per_device_train_batch_size * world * (1 + (args.num_negatives or 1))} documents; "
+        f"global batch: {batch} rows, each query scored against ~{documents:.0f} documents; "
         f"GradCache mini-batch: {args.mini_batch_size or 'off'}; temperature {args.temperature}"
     )
 
