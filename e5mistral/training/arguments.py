@@ -156,6 +156,14 @@ class E5ModelConfig(ModelConfig):
     lora_task_type: str = field(
         default="FEATURE_EXTRACTION", metadata={"help": "peft task type; an embedding model extracts features."}
     )
+    pooling: str | None = field(
+        default=None,
+        metadata={
+            "help": "last_token (the recipe: the state at the appended EOS) or mean (over attended tokens); "
+            "unset keeps the checkpoint's, last_token for a plain base model.",
+            "choices": ["last_token", "mean"],
+        },
+    )
     tiny_model: bool = field(
         default=False,
         metadata={

@@ -81,9 +81,11 @@ def load_model_and_tokenizer(model_args: E5ModelConfig, training_args: E5Trainin
         raise UserError("model_name_or_path is unset: pass --model_name_or_path <Hub id or folder> (or --tiny_model true).")
     tokenizer = ensure_eos(load_tokenizer(path, revision=model_args.model_revision))
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    overrides = {"pooling": model_args.pooling} if model_args.pooling else {}
     try:
         model = E5MistralModel.from_pretrained(
-            path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation
+            path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation,
+            **overrides,
         )
     except CheckpointMismatchError as error:  # weights that would be dropped or left random: the user's to fix
         raise UserError(str(error).replace("\n", " ")) from None
