@@ -42,13 +42,12 @@ from safetensors.torch import save_file
 from transformers import AutoModel, TrainerCallback
 
 from e5mistral import E5Embedder, E5MistralModel
-from e5mistral.testing import make_tiny_model_folder
+from e5mistral.testing import WORDS, make_tiny_model_folder
 from e5mistral.tokenization import load_tokenizer
 from e5mistral.training.arguments import E5TrainingArguments
 from e5mistral.training.engines import zero3_init_disabled
 from e5mistral.training.trainer import E5Trainer
 
-WORDS = ["river", "mountain", "coffee", "engine", "violin", "planet", "garden", "castle", "tiger", "bridge"]
 PROBES = ["Instruct: Find it\nQuery: river tiger", "about the castle and the garden", "violin", "planet 7 engine"]
 COUNTED = (
     "reduce_scatter_single", "reduce_scatter_tensor", "reduce_scatter", "all_gather_single", "all_gather_into_tensor",

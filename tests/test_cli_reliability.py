@@ -15,7 +15,6 @@ when the point is what the terminal shows.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -35,17 +34,11 @@ from e5mistral.cli import push as push_command
 from e5mistral.errors import UserError, resume_command, run_command
 from e5mistral.synthetic.builder import read_generation_log
 from e5mistral.synthetic.plan import request_seed
+from e5mistral.cli import evaluate
 from e5mistral.testing import ScriptedServer, always_valid, valid_answer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def subprocess_env(**extra: str) -> dict:
@@ -268,7 +261,7 @@ def test_failed_mteb_task_keeps_the_beir_results_reports_it_and_exits_non_zero(t
     folder = write_beir(tmp_path / "toyset")
     out = tmp_path / "results.json"
     argv = ["--model", str(tiny_folder), "--beir", str(folder), "--mteb", "STS12", "--output", str(out)]
-    assert run_command(lambda: load_script("evaluate").main(argv)) == 2
+    assert run_command(lambda: evaluate.run(argv)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert [line for line in err if line.startswith("failed: ")] == [
         next(line for line in err if line.startswith("failed: mteb STS12: ConnectionError: "))
@@ -298,7 +291,7 @@ def test_evaluate_argument_mistakes_are_one_error_line_before_any_work(argv, mes
     out = tmp_path / "results.json"
     model = [] if "--model" in argv else ["--model", str(tiny_folder)]
     full = [*model, *argv, "--output", str(out)]
-    assert run_command(lambda: load_script("evaluate").main(full)) == 2
+    assert run_command(lambda: evaluate.run(full)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert re.search(message, err[-1]) and err[-1].startswith("error: "), err
     assert not out.exists()

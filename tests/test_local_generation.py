@@ -34,7 +34,7 @@ from e5mistral.synthetic.tasks import (
     plan_placeholders,
 )
 from e5mistral.synthetic.validation import InvalidAnswer, extract_json, validate_brainstorm, validate_example
-from e5mistral.testing import ScriptedServer, always_valid, make_tiny_tokenizer
+from e5mistral.testing import ScriptedServer, always_valid, make_tiny_chat_model
 
 needs_llguidance = pytest.mark.skipif(
     importlib.util.find_spec("llguidance") is None, reason="llguidance (the local extra) is not installed"
@@ -55,27 +55,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def chat_folder(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     folder = tmp_path_factory.mktemp("tiny-chat")
-    tokenizer = make_tiny_tokenizer()
-    tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return str(make_tiny_chat_model(folder, CHAT_TEMPLATE, "llama", attention_bias=False, max_position_embeddings=2048))
 
 
 def backend_for(folder, **kwargs) -> TransformersChatBackend:

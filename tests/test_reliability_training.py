@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tokenizers import processors
 
 from e5mistral import E5Embedder
-from e5mistral.testing import assert_close, make_tiny_model, make_tiny_tokenizer
+from e5mistral.testing import WORDS, assert_close, make_tiny_model, make_tiny_tokenizer, make_training_rows
 from e5mistral.tokenization import EOSContractError
 from e5mistral.training.arguments import E5TrainingArguments
 from e5mistral.training.collator import E5Collator
@@ -28,22 +28,11 @@ from e5mistral.training.trainer import E5Trainer, _embed
 TOKENIZER = make_tiny_tokenizer()
 MODEL = make_tiny_model(TOKENIZER)
 EOS = TOKENIZER.eos_token_id
-WORDS = ["river", "mountain", "coffee", "engine", "violin", "planet", "garden", "castle"]
 ROW = {"query": "q", "positive": "p", "negatives": ["n"], "instruction": "Find it"}
 
 
 def rows(n: int, negatives: bool = True) -> list[dict]:
-    return [
-        {
-            "query": f"{WORDS[i % 8]} {i}",
-            "positive": f"about the {WORDS[i % 8]} {i}",
-            "negatives": [f"about the {WORDS[(i + 3) % 8]} {i + 1}"] if negatives else [],
-            "instruction": "Find the passage",
-            "task": "retrieval",
-            "language": "en",
-        }
-        for i in range(n)
-    ]
+    return make_training_rows(n, negatives=int(negatives), words=WORDS[:8])
 
 
 def trainer(tmp_path, data: list[dict], model=None, **overrides) -> E5Trainer:

@@ -375,29 +375,13 @@ def test_builder_runs_the_generation_when_the_log_is_missing(server, tmp_path):
 def test_local_transformers_backend(tmp_path):
     """The offline backend runs a (tiny, random) chat model; its gibberish is recorded as failures
     with the reason, and the token counts come from the real tokenizer and generate()."""
-    import torch
-    from transformers import MistralConfig, MistralForCausalLM
-
     from e5mistral.synthetic.llm import TransformersChatBackend
-    from e5mistral.testing import make_tiny_tokenizer
+    from e5mistral.testing import make_tiny_chat_model, make_tiny_tokenizer
 
+    template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
+    make_tiny_chat_model(tmp_path / "chat", template, "mistral", num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
     tokenizer = make_tiny_tokenizer()
-    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
-    torch.manual_seed(0)
-    config = MistralConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
-    MistralForCausalLM(config).save_pretrained(tmp_path / "chat")
-    tokenizer.save_pretrained(tmp_path / "chat")
+    tokenizer.chat_template = template
 
     backend = TransformersChatBackend(str(tmp_path / "chat"), max_new_tokens=6, device="cpu")
     encoded = tokenizer.apply_chat_template(

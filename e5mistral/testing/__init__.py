@@ -22,6 +22,9 @@ from ..tokenization import ensure_eos
 from .server import BEHAVIOURS, ScriptedServer, ServerProcess, always_valid, valid_answer
 
 __all__ = [
+    "make_tiny_chat_model",
+    "WORDS",
+    "make_training_rows",
     "BEHAVIOURS",
     "ScriptedServer",
     "ServerProcess",
@@ -34,6 +37,32 @@ __all__ = [
     "tiny_config",
     "valid_answer",
 ]
+
+
+#: Words the tiny tokenizer knows (they are in its training corpus), for texts that must not fall
+#: apart into characters.
+WORDS = ("river", "mountain", "coffee", "engine", "violin", "planet", "garden", "castle", "tiger", "bridge")
+
+
+def make_training_rows(n: int, negatives: int = 1, task: str = "retrieval", words=WORDS) -> list[dict]:
+    """``n`` rows of the README's training schema, word ``i % len(words)`` in row ``i``'s texts.
+
+    Example: ``make_training_rows(2)[1]`` is ``{"query": "mountain 1", "positive": "about the
+    mountain 1", "negatives": ["about the violin 2"], "instruction": "Find the passage", ...}``.
+    """
+    k = len(words)
+    return [
+        {
+            "query": f"{words[i % k]} {i}",
+            "positive": f"about the {words[i % k]} {i}",
+            "negatives": [f"about the {words[(i + 3 + j) % k]} {i + 1 + j}" for j in range(negatives)],
+            "instruction": "Find the passage",
+            "task": task,
+            "language": "en",
+        }
+        for i in range(n)
+    ]
+
 
 
 def _corpus_lines(extra_texts=()) -> list[str]:
@@ -248,6 +277,26 @@ def make_tiny_backbone_model(backbone: str, tokenizer=None, seed: int = 0, **con
     model = E5MistralModel(tiny_backbone_config(backbone, vocab_size=vocab_size, **config_overrides))
     randomize_biases_and_norms(model, seed=seed)
     return model.eval()
+
+
+def make_tiny_chat_model(path, chat_template: str, backbone: str = "llama", seed: int = 0, **config_overrides) -> Path:
+    """Save a tiny random chat LLM (``<Family>ForCausalLM``, the tiny tokenizer with ``chat_template``)
+    to ``path``: a stand-in for ``--local-model`` that needs no download. ``config_overrides`` go
+    to :func:`tiny_backbone_kwargs`.
+
+    Example: ``TransformersChatBackend(str(make_tiny_chat_model(tmp, TEMPLATE)), device="cpu")``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from ..configuration_e5mistral import backbone_config_class
+
+    tokenizer = make_tiny_tokenizer()
+    tokenizer.chat_template = chat_template
+    config = backbone_config_class(backbone)(**tiny_backbone_kwargs(backbone, vocab_size=len(tokenizer), **config_overrides))
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
 
 
 def make_tiny_family_checkpoint(backbone: str, path, seed: int = 0, causal_lm: bool = True, **config_overrides) -> Path:
