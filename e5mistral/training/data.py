@@ -23,7 +23,7 @@ card as ``datasets.get_dataset_config_names`` reads it) is recognised as the out
 ``scripts/generate_data.py``. Each kind is loaded through ``datasets`` (``load_dataset(source,
 kind)``, so a local folder and its Hub copy load alike) and its raw fields are converted to
 training rows by the project's own mapping, :func:`e5mistral.synthetic.to_training_row` (the table
-in ``e5mistral/synthetic/tasks.py``): the brainstormed task is the instruction, ``task`` is the
+in ``e5mistral/synthetic/validation.py``): the brainstormed task is the instruction, ``task`` is the
 kind. The configuration picks the kinds: none (the default) loads every kind the dataset has, and
 a comma list picks some by name::
 
