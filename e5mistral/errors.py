@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from .secrets import redact
 
-__all__ = ["USER_ERROR_EXIT", "UserError", "resume_command", "run_command"]
+__all__ = ["USER_ERROR_EXIT", "UserError", "first_line", "resume_command", "run_command"]
 
 USER_ERROR_EXIT = 2
 
@@ -63,3 +63,15 @@ def resume_command(argv: Sequence[str], prog: str | Sequence[str], *, launcher: 
     words = [prog] if isinstance(prog, str) else list(prog)
     head = launcher if launcher is not None else shlex.quote(sys.executable)
     return f"{head} {shlex.join([*words, *(redact(arg) for arg in argv)])}"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type's name when the message is empty), for a
+    one-line report that names the cause.
+
+    Example:
+        >>> first_line(ValueError("bad header\\nat byte 12"))
+        'bad header'
+    """
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

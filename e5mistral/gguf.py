@@ -29,7 +29,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from e5mistral.errors import UserError
+from e5mistral.errors import UserError, first_line
 
 __all__ = ["DTYPES", "gguf_architecture", "import_gguf"]
 
@@ -83,7 +83,7 @@ def gguf_architecture(gguf_path) -> tuple[str, str]:
         architecture = field.contents()
     except (ValueError, KeyError, OSError, IndexError) as error:
         raise UserError(
-            f"GGUF file {path!r} cannot be read as GGUF ({type(error).__name__}: {_first_line(error)}); "
+            f"GGUF file {path!r} cannot be read as GGUF ({type(error).__name__}: {first_line(error)}); "
             "check that it is a complete llama.cpp .gguf file (a download cut short is not)."
         ) from None
     if "tokenizer.ggml.model" not in reader.fields or "tokenizer.ggml.tokens" not in reader.fields:
@@ -99,7 +99,7 @@ def gguf_architecture(gguf_path) -> tuple[str, str]:
     except (ValueError, KeyError) as error:
         raise UserError(
             f"GGUF file {path!r}: architecture {architecture!r} cannot be loaded from GGUF by transformers "
-            f"{transformers.__version__} ({_first_line(error)}); pick a GGUF of one of {_causal_architectures()} "
+            f"{transformers.__version__} ({first_line(error)}); pick a GGUF of one of {_causal_architectures()} "
             "or the model's transformers checkpoint."
         ) from None
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -116,11 +116,6 @@ def _causal_architectures() -> str:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return ", ".join(a for a in GGUF_SUPPORTED_ARCHITECTURES if a in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def import_gguf(gguf_path, out_dir, *, dtype: str = "float32") -> Path:
@@ -169,12 +164,12 @@ def import_gguf(gguf_path, out_dir, *, dtype: str = "float32") -> Path:
         tokenizer = ensure_eos(tokenizer)
     except EOSContractError as error:
         raise UserError(
-            f"GGUF file {str(source)!r}: its tokenizer cannot end texts with EOS ({_first_line(error)}); "
+            f"GGUF file {str(source)!r}: its tokenizer cannot end texts with EOS ({first_line(error)}); "
             "use a GGUF whose metadata sets tokenizer.ggml.eos_token_id."
         ) from None
     except ValueError as error:  # a tokenizer type transformers cannot build
         raise UserError(
-            f"GGUF file {str(source)!r}: transformers cannot build its tokenizer ({_first_line(error)}); "
+            f"GGUF file {str(source)!r}: transformers cannot build its tokenizer ({first_line(error)}); "
             "use a GGUF with a llama/gpt2-style tokenizer."
         ) from None
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype)

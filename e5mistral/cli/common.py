@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from e5mistral.errors import UserError, run_command
+from e5mistral.errors import UserError, first_line, run_command
 
 __all__ = ["DTYPES", "EmbedderArguments", "failure_line", "run_as_command"]
 
@@ -33,8 +33,8 @@ def failure_line(error: BaseException) -> str:
         >>> failure_line(ConnectionError("offline\\nmore detail"))
         'ConnectionError: offline'
     """
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+    text = str(error).strip()
+    return f"{type(error).__name__}: {first_line(error)}" if text else type(error).__name__
 
 
 def run_as_command(run: Callable[[list[str] | None], object], argv: list[str] | None) -> int:

@@ -52,7 +52,7 @@ from pathlib import Path
 import datasets
 from datasets import Dataset, Features, Sequence, Value
 
-from e5mistral.errors import UserError
+from e5mistral.errors import UserError, first_line
 
 __all__ = [
     "SCHEMA_COLUMNS",
@@ -148,17 +148,12 @@ def load_rows(source: str, split: str = "train", config: str | None = None) -> D
             dataset = datasets.load_dataset(source, config, split=split)
         except (OSError, ValueError, ConnectionError) as error:  # not found, offline, gated, unknown split
             raise UserError(
-                f"dataset {source!r} could not be loaded from the Hub ({type(error).__name__}: {_first_line(error)}); "
+                f"dataset {source!r} could not be loaded from the Hub ({type(error).__name__}: {first_line(error)}); "
                 "check the id, the network and HF_TOKEN, or pass a local file or folder."
             ) from None
     if len(dataset) == 0:
         raise UserError(f"dataset {source!r} (split {split!r}) has no rows; add rows or point at another source.")
     return validate_rows(dataset, source)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _looks_like_a_path(source: str) -> bool:
@@ -193,7 +188,7 @@ def read_data_file(path: str | os.PathLike) -> Dataset:
         cause = error.__cause__ or error
         what = "JSON (one object per line for .jsonl)" if builder == "json" else "Parquet"
         raise UserError(
-            f"dataset file {str(path)!r} is not valid {what}: {_first_line(cause)}; fix the file or its extension."
+            f"dataset file {str(path)!r} is not valid {what}: {first_line(cause)}; fix the file or its extension."
         ) from None
 
 
@@ -220,11 +215,11 @@ def _load_folder(folder: Path, split: str, config: str | None) -> Dataset:
                 "pick one of them."
             ) from None
         if "Config name is missing" in message or "BuilderConfig" in message:
-            raise UserError(f"dataset folder {str(folder)!r}: {_first_line(error)}; pass its dataset_config.") from None
+            raise UserError(f"dataset folder {str(folder)!r}: {first_line(error)}; pass its dataset_config.") from None
         raise
     except datasets.exceptions.DatasetGenerationError as error:
         raise UserError(
-            f"dataset folder {str(folder)!r}: a data file cannot be read ({_first_line(error.__cause__ or error)}); "
+            f"dataset folder {str(folder)!r}: a data file cannot be read ({first_line(error.__cause__ or error)}); "
             "fix or remove it."
         ) from None
 
@@ -270,17 +265,17 @@ def _load_generated(source: str, kinds: list[str], split: str, config: str | Non
         except ValueError as error:
             if "Unknown split" in str(error) or "Bad split" in str(error):
                 raise UserError(
-                    f"dataset {label} has no split {split!r} ({_first_line(error)}); generated data has only 'train'."
+                    f"dataset {label} has no split {split!r} ({first_line(error)}); generated data has only 'train'."
                 ) from None
             raise
         except (OSError, ConnectionError) as error:
             raise UserError(
-                f"dataset {label} could not be loaded ({type(error).__name__}: {_first_line(error)}); "
+                f"dataset {label} could not be loaded ({type(error).__name__}: {first_line(error)}); "
                 "check the path or id, the network and HF_TOKEN."
             ) from None
         except datasets.exceptions.DatasetGenerationError as error:
             raise UserError(
-                f"dataset {label}: a data file cannot be read ({_first_line(error.__cause__ or error)}); "
+                f"dataset {label}: a data file cannot be read ({first_line(error.__cause__ or error)}); "
                 "fix it or export the folder again."
             ) from None
         columns = set(raw.column_names)
