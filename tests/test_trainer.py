@@ -190,10 +190,12 @@ def test_evaluation_equals_a_brute_force_ranking_and_drives_best_model_selection
     assert {"eval_ndcg@10", "eval_recall@1", "eval_recall@100"} <= set(metrics)
 
 
-def test_merged_folder_embeds_like_the_trained_lora_model(tmp_path):
+@pytest.mark.parametrize("pooling", ["last_token", "mean"])
+def test_merged_folder_embeds_like_the_trained_lora_model(tmp_path, pooling):
+    """Also with a pooling set at load time (`pooling: mean`), which the merged folder must keep."""
     base = make_tiny_model_folder(tmp_path / "base")
 
-    model = E5MistralModel.from_pretrained(base)
+    model = E5MistralModel.from_pretrained(base, pooling=pooling)
     lora = LoraConfig(
         r=16, lora_alpha=32, lora_dropout=0.1, target_modules=LORA_TARGET_MODULES, task_type="FEATURE_EXTRACTION"
     )
@@ -210,7 +212,8 @@ def test_merged_folder_embeds_like_the_trained_lora_model(tmp_path):
     texts = ["about the river and the coffee 3", "tiger bridge"]
     trained = E5Embedder(trainer.model, TOKENIZER).encode(texts)
     reloaded = E5Embedder(AutoModel.from_pretrained(folder), TOKENIZER).encode(texts)
-    untrained = E5Embedder(E5MistralModel.from_pretrained(base), TOKENIZER).encode(texts)
+    assert AutoModel.from_pretrained(folder).config.pooling == pooling
+    untrained = E5Embedder(E5MistralModel.from_pretrained(base, pooling=pooling), TOKENIZER).encode(texts)
     assert_close(reloaded, trained, rtol=1e-5)
     assert not torch.allclose(untrained, trained, atol=1e-3)
 
