@@ -28,9 +28,15 @@ def start_summary(trainer, train, dev, lora: bool) -> str:
     trainable = count_parameters(trainer.model)  # whole counts, also of ZeRO-3's partitioned weights
     world = args.world_size
     batch = args.per_device_train_batch_size * world
-    # hard negatives a row brings: the first num_negatives (None: all), as the collator takes them
-    negatives = [len(n) if args.num_negatives is None else min(len(n), args.num_negatives) for n in train["negatives"]]
-    documents = batch * (1 + sum(negatives) / max(len(negatives), 1))
+    # hard negatives a row brings: the first num_negatives (None: all), as the collator takes them;
+    # counted on the Arrow column, without turning millions of rows into Python lists
+    import numpy as np
+    import pyarrow.compute as pc
+
+    negatives = pc.list_value_length(train.with_format("arrow")["negatives"]).to_numpy(zero_copy_only=False)
+    if args.num_negatives is not None:
+        negatives = np.minimum(negatives, args.num_negatives)
+    documents = batch * (1 + (float(negatives.mean()) if len(negatives) else 0.0))
     return (
         f"Training rows: {len(train)} ({dict(Counter(train['task']))}); dev rows: {len(dev) if dev else 0}\n"
         f"Trainable parameters: {trainable:,}{' (LoRA)' if lora else ''}; processes: {world} "
