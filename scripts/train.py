@@ -4,9 +4,7 @@
     accelerate launch --config_file configs/accelerate/ddp.yaml scripts/train.py --config configs/demo.yaml
 """
 
-import sys
-
-from e5mistral.cli.train import main
+from e5mistral.cli.train import command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command()  # main(), then an exit that a multi-process run's threads cannot abort

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import json
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -42,6 +41,7 @@ from safetensors.torch import save_file
 from transformers import AutoModel, TrainerCallback
 
 from e5mistral import E5Embedder, E5MistralModel
+from e5mistral.cli.common import exit_process
 from e5mistral.testing import WORDS, make_tiny_model_folder
 from e5mistral.tokenization import load_tokenizer
 from e5mistral.training.arguments import E5TrainingArguments
@@ -293,9 +293,8 @@ def main() -> int:
         faulthandler.dump_traceback_later(options.hang_timeout, exit=True)  # a hang prints where, then exits
         run_case(case, out, base, counters, settings)
     faulthandler.cancel_dump_traceback_later()
-    dist.destroy_process_group()  # a process group left to the interpreter's exit can abort it
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())  # DeepSpeed's groups outlive destroy_process_group; their threads could abort the exit

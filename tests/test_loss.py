@@ -198,8 +198,10 @@ def _worker(out_dir: str) -> None:
     rank = torch.distributed.get_rank()
     torch.save(_one_sgd_step(mini_batch_size=None, distributed=True), Path(out_dir) / f"plain_rank{rank}.pt")
     torch.save(_one_sgd_step(mini_batch_size=2, distributed=True), Path(out_dir) / f"cached_rank{rank}.pt")
-    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--worker"]:
+    from e5mistral.cli.common import exit_process
+
     _worker(sys.argv[2])
+    exit_process(0)  # destroys the group; gloo's threads cannot abort the exit

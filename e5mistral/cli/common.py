@@ -15,13 +15,15 @@ Example:
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import NoReturn
 
 from e5mistral.errors import UserError, first_line, run_command
 
-__all__ = ["DTYPES", "EmbedderArguments", "failure_line", "run_as_command"]
+__all__ = ["DTYPES", "EmbedderArguments", "exit_process", "failure_line", "run_as_command"]
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -35,6 +37,34 @@ def failure_line(error: BaseException) -> str:
     """
     text = str(error).strip()
     return f"{type(error).__name__}: {first_line(error)}" if text else type(error).__name__
+
+
+def exit_process(code: int) -> NoReturn:
+    """Exit with ``code``; after a multi-process run, without the interpreter's teardown.
+
+    A process group's gloo worker threads may still drop the last reference to a tensor that has a
+    Python object after the command returned (DeepSpeed keeps the groups alive past
+    ``destroy_process_group``, so they are never joined). If the interpreter is finalizing then,
+    that thread's GIL acquire ends in ``std::terminate``: "terminate called without an active
+    exception", SIGABRT, and ``accelerate launch`` reports a failed run whose files were all
+    written. So once a process group exists this destroys it, runs the ``atexit`` handlers (loggers,
+    trackers), flushes the standard streams and leaves through ``os._exit``; otherwise it is
+    ``sys.exit(code)``.
+
+    Example:
+        >>> exit_process(main())  # doctest: +SKIP
+    """
+    import atexit
+    import os
+
+    dist = sys.modules.get("torch.distributed")  # never imported: no group (and no torch import to exit)
+    if dist is None or not (dist.is_available() and dist.is_initialized()):
+        sys.exit(code)
+    dist.destroy_process_group()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def run_as_command(run: Callable[[list[str] | None], object], argv: list[str] | None) -> int:

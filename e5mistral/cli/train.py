@@ -40,6 +40,7 @@ import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
+from typing import NoReturn
 
 from e5mistral.training.engines import has_accelerator
 
@@ -51,11 +52,12 @@ if not has_accelerator():  # DeepSpeed, when installed, otherwise warns on impor
 from transformers import TrainingArguments, set_seed  # noqa: E402
 from trl import ModelConfig, TrlParser  # noqa: E402
 
+from e5mistral.cli.common import exit_process  # noqa: E402
 from e5mistral.errors import UserError, run_command  # noqa: E402
 from e5mistral.training.arguments import E5ModelConfig, E5ScriptArguments, E5TrainingArguments  # noqa: E402
 from e5mistral.training.inputs import load_datasets, load_model_and_tokenizer, resolve_resume  # noqa: E402
 
-__all__ = ["main", "make_parser", "parse_args", "resume_command", "run"]
+__all__ = ["command", "main", "make_parser", "parse_args", "resume_command", "run"]
 
 DATACLASSES = (E5ScriptArguments, E5TrainingArguments, E5ModelConfig)
 # TrainingArguments fields shown by --help next to the project's own (--help-all shows every field).
@@ -213,5 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(lambda: run(*parse_args(argv)))
 
 
+def command() -> NoReturn:
+    """The ``e5mistral-train`` console script: :func:`main`, then :func:`~e5mistral.cli.common.exit_process`
+    (after a multi-process run, an exit that a process group's threads cannot abort)."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()
