@@ -176,3 +176,15 @@ def test_resume_after_a_killed_run_reaches_the_uninterrupted_weights(tmp_path):
     assert sum(not torch.allclose(straight[k], start[k]) for k in straight) > 0
     for key in straight:
         assert_close(resumed[key], straight[key], rtol=1e-5)
+
+    # Rerunning the finished command trains nothing (Trainer alone would train a step 25 of 24) ...
+    output = run([*common, "--output_dir", str(tmp_path / "straight")])
+    assert "Nothing to train: checkpoint-24 is at step 24 of max_steps 24" in output, output[-2000:]
+    assert "step 25" not in output
+    assert all(torch.equal(a, b) for a, b in zip(weights(tmp_path / "straight").values(), straight.values()))
+    # ... and a finished checkpoint without the final model is refused, not trained one step further.
+    (tmp_path / "straight" / "training_info.json").unlink()
+    process = launch([*common, "--output_dir", str(tmp_path / "straight")])
+    output, _ = process.communicate(timeout=400)
+    assert process.returncode == 2 and "error: checkpoint-24 is at step 24 of max_steps 24" in output, output[-2000:]
+    assert "Traceback" not in output

@@ -55,7 +55,12 @@ from trl import ModelConfig, TrlParser  # noqa: E402
 from e5mistral.cli.common import exit_process  # noqa: E402
 from e5mistral.errors import UserError, run_command  # noqa: E402
 from e5mistral.training.arguments import E5ModelConfig, E5ScriptArguments, E5TrainingArguments  # noqa: E402
-from e5mistral.training.inputs import load_datasets, load_model_and_tokenizer, resolve_resume  # noqa: E402
+from e5mistral.training.inputs import (  # noqa: E402
+    RunFinished,
+    load_datasets,
+    load_model_and_tokenizer,
+    resolve_resume,
+)
 
 __all__ = ["command", "main", "make_parser", "parse_args", "resume_command", "run"]
 
@@ -93,7 +98,12 @@ def run(script_args: E5ScriptArguments, training_args: E5TrainingArguments, mode
     set_seed(training_args.seed)
     datasets.disable_progress_bars()  # row checks take milliseconds here; their bars were noise
     train, dev = load_datasets(script_args, training_args)  # before the weights: data errors come in seconds
-    resume = resolve_resume(training_args)
+    try:
+        resume = resolve_resume(training_args)
+    except RunFinished as finished:
+        if training_args.process_index == 0:
+            print(finished)
+        return 0
     model, tokenizer = load_model_and_tokenizer(model_args, training_args)
     hf_logging.disable_progress_bar()  # one weight-loading bar (the base model's) is enough
     trainer = E5Trainer(

@@ -25,7 +25,13 @@ from e5mistral.tokenization import ensure_eos
 from e5mistral.training.arguments import E5ModelConfig, E5ScriptArguments, E5TrainingArguments
 from e5mistral.training.data import load_training_data
 
-__all__ = ["load_datasets", "load_model_and_tokenizer", "resolve_resume"]
+__all__ = ["RunFinished", "load_datasets", "load_model_and_tokenizer", "resolve_resume"]
+
+
+class RunFinished(Exception):
+    """The checkpoint to resume already reached ``max_steps`` and ``output_dir`` holds the run's final
+    model: nothing to train (``transformers.Trainer`` would train one step past ``max_steps``). The
+    message says so and how to train further."""
 
 
 def load_datasets(script_args: E5ScriptArguments, training_args: E5TrainingArguments):
@@ -110,6 +116,7 @@ def resolve_resume(training_args: E5TrainingArguments) -> str | None:
                     "from step 0."
                 )
             return None
+        refuse_finished(last, training_args)
         if value is None and training_args.process_index == 0:
             print(
                 f"Resuming from {last} (step {Path(last).name.split('-')[-1]}): {folder} holds the checkpoints of an "
@@ -119,4 +126,28 @@ def resolve_resume(training_args: E5TrainingArguments) -> str | None:
         return last
     if not Path(value).is_dir():
         raise UserError(f"resume_from_checkpoint={value!r}: no such checkpoint folder; pass a checkpoint-* folder.")
+    refuse_finished(value, training_args)
     return value
+
+
+def refuse_finished(checkpoint: str, training_args: E5TrainingArguments) -> None:
+    """Raise when ``checkpoint`` is at or past ``max_steps``: :class:`RunFinished` when ``output_dir`` holds
+    the final model (``training_info.json``, written by the final save), else a :class:`UserError`.
+
+    ``Trainer`` resuming there would still train one step (lr 0 at the end of a linear schedule, a full
+    step under a constant one) before it checks ``max_steps``.
+    """
+    import json
+
+    state = Path(checkpoint) / "trainer_state.json"
+    if training_args.max_steps <= 0 or not state.is_file():
+        return
+    step = int(json.loads(state.read_text(encoding="utf-8")).get("global_step", 0))
+    if step < training_args.max_steps:
+        return
+    folder = Path(training_args.output_dir)
+    where = f"{Path(checkpoint).name} is at step {step} of max_steps {training_args.max_steps}"
+    further = "raise --max_steps to train further, or pass --resume_from_checkpoint false to train again from step 0"
+    if (folder / "training_info.json").is_file():
+        raise RunFinished(f"Nothing to train: {where}, and {folder} holds the finished run's model; {further}.")
+    raise UserError(f"{where}, but {folder} has no final model (its final save was cut short); {further}.")
