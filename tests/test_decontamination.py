@@ -1,9 +1,10 @@
 """Decontamination: normalisation, n-gram rules and exact counts on a hand-made BEIR folder; the
-training loader (its line, the run record)."""
+training loader (its line, the run record) and the generator's export (the summary, the Parquet)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -202,3 +203,70 @@ def test_a_training_run_records_the_decontamination(tmp_path, capsys):
     )
     info = json.loads((out / "training_info.json").read_text())
     assert info["decontamination"]["dropped"] == 2 and info["decontamination"]["ngram"] == 4
+
+
+# ---- the generator's export ----
+
+
+def _words(text: str) -> str:
+    return " " + " ".join(normalize(text)) + " "
+
+
+def test_generated_export_is_filtered_and_the_summary_says_so(tmp_path, capsys):
+    """Generate once (all rows exported), then rerun the same command with --decontaminate-against an
+    evaluation file holding texts of some exported rows: nothing is requested again, and the export
+    keeps exactly the rows an independent check (word-string containment) finds clean. The scripted
+    server's texts are two words ("query 649595734"), hence n = 2 here."""
+    import pyarrow.parquet as pq
+
+    from e5mistral.cli import generate as generate_command
+    from e5mistral.synthetic.builder import OUTPUT_FIELDS
+    from e5mistral.testing import ScriptedServer
+
+    def exported(kind):  # read the Parquet itself (`load_dataset` would serve its cache of the first export)
+        return pq.read_table(out / "data" / kind / "train-00000-of-00001.parquet").to_pydict()
+
+    out = tmp_path / "synthetic-data"
+    with ScriptedServer() as server:
+        argv = ["--base-url", server.url, "--model", "scripted", "--kinds", "short_long,sts",
+                "--examples-per-kind", "6", "--languages", "en", "--concurrency", "2", "--seed", "0", "--timeout", "5",
+                "--backoff-base", "0.01", "--no-progress", "--output", str(out)]  # fmt: skip
+        assert generate_command.main(argv) == 0
+        before = {k: exported(k) for k in ("short_long", "sts")}
+        evaluation = [f"Is {before['short_long']['user_query'][1].upper()} here?", before["sts"]["S2"][4] + "!"]
+        (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in evaluation))
+        capsys.readouterr()
+        flags = ["--decontaminate-against", str(tmp_path / "eval.jsonl"), "--decontamination-ngram", "2"]
+        assert generate_command.main([*argv, *flags]) == 0
+    printed = capsys.readouterr().out
+
+    expected = {}
+    for kind, rows in before.items():  # independent oracle: a text's 2 words appear in a row in an evaluation text
+        texts = [[rows[f][r] for f in OUTPUT_FIELDS[kind]] for r in range(len(rows["id"]))]
+        expected[kind] = sum(
+            any(_words(" ".join(normalize(t)[i : i + 2])) in _words(e)
+                for t in row for i in range(len(normalize(t)) - 1) for e in evaluation)
+            for row in texts
+        )  # fmt: skip
+    assert expected == {"short_long": 1, "sts": 1}
+    after = {k: exported(k) for k in ("short_long", "sts")}
+    assert {k: len(before[k]["id"]) - len(after[k]["id"]) for k in after} == expected
+    assert after["short_long"]["id"] == [i for n, i in enumerate(before["short_long"]["id"]) if n != 1]
+    assert after["sts"]["id"] == [i for n, i in enumerate(before["sts"]["id"]) if n != 4]
+    assert f"decontamination: dropped 2 of 12 rows (2 sharing an n-gram with {tmp_path / 'eval.jsonl'})" in printed
+    assert "dropped per kind: short_long 1, sts 1" in printed
+    assert "short_long         5" in printed  # the summary counts the rows exported
+    card = (out / "README.md").read_text()
+    assert "were dropped: 2 of 12." in card
+    assert Counter(after["sts"]["language"]) == {"en": 5}
+
+
+def test_generate_refuses_a_missing_path_before_generating(tmp_path, capsys):
+    from e5mistral.cli import generate as generate_command
+
+    code = generate_command.run(["--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--kinds", "sts",
+                                 "--examples-per-kind", "1", "--output", str(tmp_path / "o"),
+                                 "--decontaminate-against", str(tmp_path / "nope")])  # fmt: skip
+    assert code == 2 and not (tmp_path / "o").exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: decontaminate_against: '{tmp_path / 'nope'}' does not exist")
