@@ -130,9 +130,13 @@ class MiningConfig:
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name}={value} must be a finite number.")
         if self.relative_margin is not None and self.relative_margin < 0:
-            raise ValueError(f"relative_margin={self.relative_margin} must be >= 0 (0.05: 5% of the positive score below it).")
+            raise ValueError(
+                f"relative_margin={self.relative_margin} must be >= 0 (0.05: 5% of the positive score below it)."
+            )
         if self.positive_share is not None and self.positive_share <= 0:
-            raise ValueError(f"positive_share={self.positive_share} must be > 0 (0.95 keeps scores <= 95% of the positive's).")
+            raise ValueError(
+                f"positive_share={self.positive_share} must be > 0 (0.95 keeps scores <= 95% of the positive's)."
+            )
 
 
 _NEW_FIELDS = {"sampling": "random", "absolute_margin": None, "relative_margin": None, "positive_share": None}

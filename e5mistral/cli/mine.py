@@ -84,7 +84,8 @@ def make_parser() -> argparse.ArgumentParser:
         "--absolute-margin",
         type=float,
         default=None,
-        help="drop candidates with score + MARGIN > the positive's score (before the window is counted; off by default)",
+        help="drop from the pool (the --rank-end best) candidates with score + MARGIN > the positive's score; "
+        "--rank-start then counts what is left (off by default)",
     )
     parser.add_argument(
         "--relative-margin",
