@@ -7,21 +7,25 @@ the row's known positives (by corpus id and by identical text, and the query's o
 top ranks are skipped on purpose: near the top, "negatives" are often unlabelled positives.
 
 Positive-aware mining (NV-Retriever, arXiv:2407.15831), off by default. With a margin set, the
-window is counted as ``sentence_transformers.util.mine_hard_negatives`` (6.2) counts its
-``range_min``/``range_max``: the pool is the ``rank_end`` best documents once the positives are
-removed, the margin removes from the pool the candidates scoring too close to the positive, and
-the first ``rank_start`` of what is left are skipped (so a wide margin leaves a row short rather
-than reaching deeper than ``rank_end``). The margins, compared as sentence-transformers compares
-them (in float32): ``absolute_margin``
-drops ``score + margin > positive_score``; ``relative_margin`` drops ``score > positive_score -
-|positive_score| * margin``; ``positive_share`` (TopK-PercPos) keeps ``score <= share *
-positive_score``. ``positive_score`` is the lowest score of the row's positives (its own and
-``positive_ids``), as sentence-transformers takes the hardest positive. ``sampling`` picks the
-negatives: ``"random"`` (the recipe; seeded) or ``"top"`` (the best-ranked of the window, as
-NV-Retriever's TopK). Without a margin the window is ranks ``[rank_start, rank_end)``, as before.
-(sentence-transformers' pool is the ``range_max + max_positives`` best documents, positives
-included, with ``max_positives`` the most any query has: the same pool for a query with that
-many positives, all in it; a query with fewer gets a slightly deeper pool there.)
+window is counted the way ``sentence_transformers.util.mine_hard_negatives`` (6.2) counts its
+``range_min``/``range_max``. The pool is the ``rank_end`` best documents once the positives are
+removed. The margin takes out of the pool the candidates that score too close to the positive, and
+the first ``rank_start`` of what is left are skipped. So a wide margin leaves a row short rather
+than reaching deeper than ``rank_end``. The margins are compared as sentence-transformers compares
+them, in float32:
+
+- ``absolute_margin`` drops ``score + margin > positive_score``;
+- ``relative_margin`` drops ``score > positive_score - |positive_score| * margin``;
+- ``positive_share`` (TopK-PercPos) keeps ``score <= share * positive_score``.
+
+``positive_score`` is the lowest score among the row's positives (its own and ``positive_ids``),
+because sentence-transformers takes the hardest positive. ``sampling`` picks the negatives:
+``"random"`` (the recipe; seeded) or ``"top"`` (the best-ranked of the window, as NV-Retriever's
+TopK). Without a margin the window is ranks ``[rank_start, rank_end)``, as before. One
+difference: sentence-transformers' pool is the ``range_max + max_positives`` best documents,
+positives included, where ``max_positives`` is the most positives any query has. That is the same
+pool for a query with that many positives, all of them in it; a query with fewer gets a slightly
+deeper pool there.
 
 Resumable and bounded in memory. The work folder ``<output>.mining/`` holds the corpus
 embeddings as a float32 ``.npy`` memory map, filled block by block, and ``state.json``. Rows
@@ -43,6 +47,9 @@ Example:
 >>> corpus = sorted({row["positive"] for row in rows})
 >>> mine_hard_negatives(embedder, rows, corpus, "mined.jsonl", MiningConfig(rank_start=10, rank_end=50),
 ...                     instruction="question_answering", task="my_qa", language="en")
+>>> # NV-Retriever's TopK-PercPos (95%): the 4 best candidates scoring at most 95% of the positive
+>>> topk = MiningConfig(rank_start=0, rank_end=50, num_negatives=4, sampling="top", relative_margin=0.05)
+>>> mine_hard_negatives(embedder, rows, corpus, "mined_topk.jsonl", topk, instruction="question_answering")
 ```
 """
 
