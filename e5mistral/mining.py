@@ -6,6 +6,27 @@ the row's known positives (by corpus id and by identical text, and the query's o
 ``num_negatives`` documents from the rank window ``[rank_start, rank_end)`` of what remains. The
 top ranks are skipped on purpose: near the top, "negatives" are often unlabelled positives.
 
+Positive-aware mining (NV-Retriever, arXiv:2407.15831), off by default. With a margin set, the
+window is counted the way ``sentence_transformers.util.mine_hard_negatives`` (6.2) counts its
+``range_min``/``range_max``. The pool is the ``rank_end`` best documents once the positives are
+removed. The margin takes out of the pool the candidates that score too close to the positive, and
+the first ``rank_start`` of what is left are skipped. So a wide margin leaves a row short rather
+than reaching deeper than ``rank_end``. The margins are compared as sentence-transformers compares
+them, in float32:
+
+- ``absolute_margin`` drops ``score + margin > positive_score``;
+- ``relative_margin`` drops ``score > positive_score - |positive_score| * margin``;
+- ``positive_share`` (TopK-PercPos) keeps ``score <= share * positive_score``.
+
+``positive_score`` is the lowest score among the row's positives (its own and ``positive_ids``),
+because sentence-transformers takes the hardest positive. ``sampling`` picks the negatives:
+``"random"`` (the recipe; seeded) or ``"top"`` (the best-ranked of the window, as NV-Retriever's
+TopK). Without a margin the window is ranks ``[rank_start, rank_end)``, as before. One
+difference: sentence-transformers' pool is the ``range_max + max_positives`` best documents,
+positives included, where ``max_positives`` is the most positives any query has. That is the same
+pool for a query with that many positives, all of them in it; a query with fewer gets a slightly
+deeper pool there.
+
 Resumable and bounded in memory. The work folder ``<output>.mining/`` holds the corpus
 embeddings as a float32 ``.npy`` memory map, filled block by block, and ``state.json``. Rows
 are mined in chunks; after each chunk the rows are appended to ``output`` (JSON lines), flushed
@@ -26,6 +47,9 @@ Example:
 >>> corpus = sorted({row["positive"] for row in rows})
 >>> mine_hard_negatives(embedder, rows, corpus, "mined.jsonl", MiningConfig(rank_start=10, rank_end=50),
 ...                     instruction="question_answering", task="my_qa", language="en")
+>>> # NV-Retriever's TopK-PercPos (95%): the 4 best candidates scoring at most 95% of the positive
+>>> topk = MiningConfig(rank_start=0, rank_end=50, num_negatives=4, sampling="top", relative_margin=0.05)
+>>> mine_hard_negatives(embedder, rows, corpus, "mined_topk.jsonl", topk, instruction="question_answering")
 ```
 """
 
@@ -34,6 +58,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 from collections import defaultdict
@@ -57,13 +82,23 @@ class MiningConfig:
     """How negatives are drawn.
 
     Attributes:
-        rank_start: first rank of the window, 0-based, counted after the positives are removed
-            (ranks below it are skipped as likely false negatives).
-        rank_end: end of the window (exclusive).
+        rank_start: first rank of the window, 0-based, counted after the positives (and a
+            margin's victims) are removed; ranks below it are skipped as likely false negatives.
+        rank_end: end of the window (exclusive), counted after the positives are removed; with a
+            margin, the pool the margin removes from.
         num_negatives: negatives drawn per row (the recipe trains with 1).
         seed: the draw of row i is seeded by (seed, i).
         block_size: corpus documents embedded and scored at once.
         chunk_size: rows embedded and searched at once; also the unit of resumption.
+        sampling: ``"random"`` (draw from the window, seeded; the recipe) or ``"top"`` (the first
+            ``num_negatives`` of the window).
+        absolute_margin: drop candidates with ``score + absolute_margin > positive_score``.
+        relative_margin: drop candidates with ``score > positive_score - |positive_score| * relative_margin``.
+        positive_share: keep only candidates with ``score <= positive_share * positive_score``.
+
+    Example:
+        >>> MiningConfig(rank_start=0, rank_end=50, num_negatives=4, sampling="top", relative_margin=0.05).sampling
+        'top'
     """
 
     rank_start: int = 30
@@ -72,6 +107,15 @@ class MiningConfig:
     seed: int = 0
     block_size: int = 16384
     chunk_size: int = 4096
+    sampling: str = "random"
+    absolute_margin: float | None = None
+    relative_margin: float | None = None
+    positive_share: float | None = None
+
+    @property
+    def positive_aware(self) -> bool:
+        """Whether any margin is set (then positive scores are computed)."""
+        return any(m is not None for m in (self.absolute_margin, self.relative_margin, self.positive_share))
 
     def __post_init__(self):
         if not 0 <= self.rank_start < self.rank_end:
@@ -86,6 +130,23 @@ class MiningConfig:
             )
         if self.block_size < 1 or self.chunk_size < 1:
             raise ValueError(f"block_size={self.block_size} and chunk_size={self.chunk_size} must be >= 1.")
+        if self.sampling not in ("random", "top"):
+            raise ValueError(f"sampling={self.sampling!r} is not one of 'random', 'top'.")
+        for name in ("absolute_margin", "relative_margin", "positive_share"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name}={value} must be a finite number.")
+        if self.relative_margin is not None and self.relative_margin < 0:
+            raise ValueError(
+                f"relative_margin={self.relative_margin} must be >= 0 (0.05: 5% of the positive score below it)."
+            )
+        if self.positive_share is not None and self.positive_share <= 0:
+            raise ValueError(
+                f"positive_share={self.positive_share} must be > 0 (0.95 keeps scores <= 95% of the positive's)."
+            )
+
+
+_NEW_FIELDS = {"sampling": "random", "absolute_margin": None, "relative_margin": None, "positive_share": None}
 
 
 @dataclass
@@ -94,12 +155,15 @@ class MiningStats:
     rows_resumed: int = 0
     rows_short: int = 0  # rows mined in this call whose window held fewer than num_negatives candidates
     corpus_size: int = 0
+    margin_dropped: int = 0  # candidates (rows mined in this call) removed for scoring too close to the positive
 
 
 def _fingerprint(rows: Sequence[Mapping], corpus: Sequence[str], config: MiningConfig, extra: Mapping) -> str:
     """Identify a run, so that a resume with other inputs or settings is refused."""
     h = hashlib.sha256()
-    h.update(json.dumps({**asdict(config), "chunk_size": None, **extra}, sort_keys=True).encode())
+    settings = {k: v for k, v in asdict(config).items() if k not in _NEW_FIELDS or v != _NEW_FIELDS[k]}
+    # (options added later enter only when set, so a run started before they existed still resumes)
+    h.update(json.dumps({**settings, "chunk_size": None, **extra}, sort_keys=True).encode())
     h.update(f"{len(rows)}:{len(corpus)}".encode())
     for row in (rows[0], rows[len(rows) // 2], rows[-1]):
         h.update(json.dumps([row.get("query"), row.get("positive")]).encode())
@@ -148,6 +212,63 @@ def _embed_queries(embedder: Embedder, queries: Sequence[str], instructions: Seq
             out = torch.empty(len(queries), emb.shape[1])
         out[idx] = emb.float().cpu()
     return out  # (C, D)
+
+
+def _margin_mask(config: MiningConfig, scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """`(C, k)` True where a candidate scores too close to the row's positive score `(C,)`.
+
+    The comparisons are those of sentence-transformers, in the scores' dtype.
+    """
+    removed = torch.zeros_like(scores, dtype=torch.bool)
+    pos = positive.to(scores.dtype).unsqueeze(1)  # (C, 1)
+    if config.absolute_margin is not None:
+        removed |= scores + config.absolute_margin > pos
+    if config.relative_margin is not None:
+        removed |= scores > pos - pos.abs() * config.relative_margin
+    if config.positive_share is not None:
+        removed |= scores > pos * config.positive_share
+    return removed
+
+
+def _positive_scores(
+    embedder: Embedder, emb: np.ndarray, q: torch.Tensor, chunk: Sequence[Mapping], positives: Sequence[set[int]],
+    corpus_index: Mapping[str, Sequence[int]],
+) -> torch.Tensor:
+    """`(C,)` the lowest score of each row's positives: its corpus positives and its own text (embedded if absent)."""
+    missing = sorted({row["positive"] for row in chunk if row["positive"] not in corpus_index})
+    extra = dict(zip(missing, embedder.encode_documents(missing).float().cpu())) if missing else {}
+    out = torch.empty(len(chunk))
+    for i, (row, ids) in enumerate(zip(chunk, positives)):
+        vectors = [torch.from_numpy(np.array(emb[sorted(ids)]))] if ids else []
+        if row["positive"] in extra:
+            vectors.append(extra[row["positive"]].unsqueeze(0))
+        p = torch.cat(vectors).to(q.device, q.dtype)  # (P, D)
+        out[i] = (q[i].unsqueeze(0) * p).sum(-1).min()  # as sentence-transformers' pairwise dot score
+    return out
+
+
+def _window_candidates(
+    config: MiningConfig, q: torch.Tensor, emb: np.ndarray, excluded: Sequence[set[int]],
+    positive: torch.Tensor | None,
+) -> tuple[list[list[int]], list[int]]:
+    """Per row: the window's corpus indices, best first, and how many candidates the margins removed.
+
+    The pool is the ``rank_end`` best documents once the row's positives are removed; the margins
+    remove candidates from it; the window is what is left, less its first ``rank_start``.
+    """
+    top_k = min(emb.shape[0], config.rank_end + max(len(ids) for ids in excluded))  # enough after exclusion
+    scores, ranked = exact_search(q, _blocks(emb, config.block_size), top_k=top_k, block_size=config.block_size)
+    if positive is not None:
+        removed = _margin_mask(config, scores, positive.to(scores.device)).tolist()  # (C, k)
+    else:
+        removed = [[False] * scores.shape[1]] * scores.shape[0]
+    windows, dropped = [], []
+    for row_ranked, row_removed, ids in zip(ranked.tolist(), removed, excluded):
+        pool = [(j, rem) for j, rem in zip(row_ranked, row_removed) if j not in ids][: config.rank_end]
+        kept = [j for j, rem in pool if not rem]
+        windows.append(kept[config.rank_start :])
+        dropped.append(len(pool) - len(kept))
+    return windows, dropped
 
 
 def mine_hard_negatives(
@@ -216,24 +337,28 @@ def mine_hard_negatives(
     for start in range(rows_done, len(rows), config.chunk_size):
         chunk = [rows[i] for i in range(start, min(start + config.chunk_size, len(rows)))]
         instructions = [get_instruction(row.get("instruction") or default_instruction) for row in chunk]
-        excluded = []
+        excluded, positives = [], []
         for offset, row in enumerate(chunk):
-            ids = set(by_text.get(row["positive"], ())) | set(by_text.get(row["query"], ()))
+            ids = set(by_text.get(row["positive"], ()))
             if positive_ids is not None:
                 ids |= set(positive_ids[start + offset])
-            excluded.append(ids)
-        top_k = min(len(corpus), config.rank_end + max(len(ids) for ids in excluded))  # enough after exclusion
+            positives.append(ids)
+            excluded.append(ids | set(by_text.get(row["query"], ())))
         q = _embed_queries(embedder, [row["query"] for row in chunk], instructions)  # (C, D)
         if device is not None:
             q = q.to(device)  # exact_search moves each corpus block to the queries' device
-        _, ranked = exact_search(
-            q, _blocks(emb, config.block_size), top_k=top_k, block_size=config.block_size
-        )  # (C, top_k)
+        positive = None
+        if config.positive_aware:
+            positive = _positive_scores(embedder, emb, q, chunk, positives, by_text)
+        windows, dropped = _window_candidates(config, q, emb, excluded, positive)
+        stats.margin_dropped += sum(dropped)
         lines = []
-        for offset, (row, row_ranked, ids) in enumerate(zip(chunk, ranked.tolist(), excluded)):
-            candidates = [j for j in row_ranked if j not in ids][config.rank_start : config.rank_end]
-            rng = random.Random(f"{config.seed}:{start + offset}")
-            picked = sorted(rng.sample(range(len(candidates)), min(config.num_negatives, len(candidates))))
+        for offset, (row, candidates) in enumerate(zip(chunk, windows)):
+            if config.sampling == "top":
+                picked = list(range(min(config.num_negatives, len(candidates))))
+            else:
+                rng = random.Random(f"{config.seed}:{start + offset}")
+                picked = sorted(rng.sample(range(len(candidates)), min(config.num_negatives, len(candidates))))
             stats.rows_short += len(picked) < config.num_negatives
             own = list(row.get("negatives") or [])
             mined = [corpus[candidates[p]] for p in picked if corpus[candidates[p]] not in own]

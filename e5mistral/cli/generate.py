@@ -28,6 +28,13 @@ with a summary (examples per kind and language, failures by reason, tokens used,
 each kind without a valid example); a run that produced no valid example at all exports nothing
 and exits with status 1, naming the failure reasons. `--push-to-hub USER/NAME` then uploads the
 folder. A mistake in the arguments is one `error:` line and exit status 2.
+
+`--decontaminate-against PATH` (repeatable; off by default) leaves out of the export the rows whose
+texts share a word 13-gram with evaluation data (`e5mistral.decontamination`); the summary and the
+card say how many were dropped:
+
+    python scripts/generate_data.py --base-url http://localhost:8000/v1 --model NAME --kinds short_long \
+        --examples-per-kind 1000 --decontaminate-against data/scifact --output synthetic-data
 """
 
 from __future__ import annotations
@@ -127,6 +134,18 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     run.add_argument("--no-export", action="store_true", help="only generate; skip the Parquet/README export")
     run.add_argument(
+        "--decontaminate-against",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="evaluation data (a BEIR folder, a folder of .jsonl/.json/.parquet files, or such a file) whose "
+        "texts exported rows must not share a word n-gram with; repeat for several; the summary says how many "
+        "rows were dropped (off by default)",
+    )
+    run.add_argument(
+        "--decontamination-ngram", type=int, default=13, help="word n-gram size of --decontaminate-against"
+    )
+    run.add_argument(
         "--push-to-hub",
         metavar="REPO_ID",
         help="upload the folder to this dataset repo (token: HF_TOKEN or hf auth login)",
@@ -192,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--concurrency {args.concurrency}: it must be 1 or more")
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: it must be 1 or more")
+    if args.decontaminate_against:
+        if args.no_export:
+            parser.error("--decontaminate-against filters the export; it cannot go with --no-export")
+        if args.decontamination_ngram < 1:
+            parser.error(f"--decontamination-ngram {args.decontamination_ngram}: it must be 1 or more (13 is usual)")
+        from ..decontamination import check_sources
+
+        check_sources(args.decontaminate_against)  # a bad path fails now, not after hours of generation
     try:
         config = config_from_args(args)
     except ValueError as error:
@@ -277,7 +304,16 @@ def main(argv: list[str] | None = None) -> int:
             shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
         )
         command = redact(command)  # a --base-url may carry credentials
-        export_dataset(output, kinds=config.kinds, repo_id=args.push_to_hub, generation_command=command)
+        stats = export_dataset(
+            output,
+            kinds=config.kinds,
+            repo_id=args.push_to_hub,
+            generation_command=command,
+            decontaminate_against=args.decontaminate_against,
+            decontamination_ngram=args.decontamination_ngram,
+        )
+        if "decontamination" in stats:  # the summary then counts the rows exported
+            summary = {**summary, **{k: stats[k] for k in ("examples", "examples_by_language", "decontamination")}}
     print(format_summary(summary))
     if args.push_to_hub:
         from ..hub.publish import hub_errors_as_user_errors

@@ -11,7 +11,15 @@ From a BEIR-format folder (pairs from qrels/<split>.tsv, mined from its corpus.j
         --split train --instruction web_search --task msmarco --language en --output data/msmarco_mined.jsonl
 
 Negatives are drawn from ranks [--rank-start, --rank-end) after the row's positives are removed;
-the top ranks are skipped as likely false negatives. Restarted with the same arguments, a killed
+the top ranks are skipped as likely false negatives. Off by default (the recipe), positive-aware
+mining (NV-Retriever) first removes candidates scoring too close to the positive
+(``--absolute-margin``, ``--relative-margin``, ``--positive-share``), and ``--sampling top`` takes
+the best of the window instead of a seeded random draw:
+
+    python scripts/mine_hard_negatives.py --model out/my-e5 --pairs data/nq_pairs.jsonl \
+        --rank-start 0 --rank-end 50 --num-negatives 4 --relative-margin 0.05 --sampling top --output data/nq_tk.jsonl
+
+Restarted with the same arguments, a killed
 run resumes from ``<output>.mining/`` and ends with the same file. The output has the training
 columns query, positive, negatives, instruction, task, language.
 
@@ -66,6 +74,31 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rank-end", type=int, default=100, help="end of the window (exclusive)")
     parser.add_argument("--num-negatives", type=int, default=1, help="negatives per row (recipe: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    parser.add_argument(
+        "--sampling",
+        choices=("random", "top"),
+        default="random",
+        help="random: a seeded draw from the window (the recipe); top: the window's best-ranked candidates",
+    )
+    parser.add_argument(
+        "--absolute-margin",
+        type=float,
+        default=None,
+        help="drop from the pool (the --rank-end best) candidates with score + MARGIN > the positive's score; "
+        "--rank-start then counts what is left (off by default)",
+    )
+    parser.add_argument(
+        "--relative-margin",
+        type=float,
+        default=None,
+        help="drop candidates with score > positive - |positive| * MARGIN (0.05 = NV-Retriever's TopK-PercPos 95%%)",
+    )
+    parser.add_argument(
+        "--positive-share",
+        type=float,
+        default=None,
+        help="keep only candidates with score <= SHARE * the positive's score (TopK-PercPos, e.g. 0.95)",
+    )
     parser.add_argument("--block-size", type=int, default=16384, help="corpus documents embedded and scored at once")
     parser.add_argument("--chunk-size", type=int, default=4096, help="rows searched at once (the unit of resumption)")
     parser.add_argument("--max-rows", type=int, default=None, help="mine only the first N rows")
@@ -138,10 +171,19 @@ def run(argv: list[str] | None = None):
 
     try:
         config = MiningConfig(
-            args.rank_start, args.rank_end, args.num_negatives, args.seed, args.block_size, args.chunk_size
+            args.rank_start,
+            args.rank_end,
+            args.num_negatives,
+            args.seed,
+            args.block_size,
+            args.chunk_size,
+            sampling=args.sampling,
+            absolute_margin=args.absolute_margin,
+            relative_margin=args.relative_margin,
+            positive_share=args.positive_share,
         )
     except ValueError as e:
-        raise SystemExit(f"invalid mining window: {e}") from None
+        raise UserError(f"invalid mining settings: {e}") from None
 
     positive_ids = None
     if args.beir:
@@ -169,7 +211,8 @@ def run(argv: list[str] | None = None):
     )
     print(
         f"wrote {stats.rows} rows to {args.output} ({stats.rows_resumed} from an earlier run), corpus of {stats.corpus_size}; "
-        f"{stats.rows_short} rows got fewer than {config.num_negatives} negatives (window beyond the corpus)."
+        f"{stats.rows_short} rows got fewer than {config.num_negatives} negatives (window beyond the corpus)"
+        + (f"; {stats.margin_dropped} candidates dropped by the margin." if config.positive_aware else ".")
     )
     return stats
 

@@ -97,7 +97,8 @@ def run(script_args: E5ScriptArguments, training_args: E5TrainingArguments, mode
 
     set_seed(training_args.seed)
     datasets.disable_progress_bars()  # row checks take milliseconds here; their bars were noise
-    train, dev = load_datasets(script_args, training_args)  # before the weights: data errors come in seconds
+    loaded: dict = {}  # receives what decontamination dropped, for the run record
+    train, dev = load_datasets(script_args, training_args, loaded)  # before the weights: data errors come in seconds
     try:
         resume = resolve_resume(training_args)
     except RunFinished as finished:
@@ -113,7 +114,7 @@ def run(script_args: E5ScriptArguments, training_args: E5TrainingArguments, mode
         eval_dataset=dev,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=[RunRecord.for_script(script_args, model_args)],
+        callbacks=[RunRecord.for_script(script_args, model_args, loaded.get("decontamination"))],
     )
     stop = StopOnInterrupt(trainer.accelerator)
     trainer.add_callback(stop)

@@ -97,18 +97,34 @@ def export_dataset(
     template_path: str | os.PathLike | None = None,
     repo_id: str | None = None,
     generation_command: str | None = None,
+    decontaminate_against: Sequence[str] | None = None,
+    decontamination_ngram: int = 13,
 ) -> dict[str, Any]:
     """Build every config with rows from `output_dir/raw/generations.jsonl` through the builder,
     write Parquet, the builder file and the README card. Returns the statistics.
 
+    With `decontaminate_against` (evaluation data: BEIR folders, data files; see
+    :mod:`e5mistral.decontamination`), rows whose example texts share a word n-gram with it are
+    left out of the Parquet files: ``stats["examples"]`` counts the rows written, and
+    ``stats["decontamination"]`` says how many were dropped, per source and per kind (a kind left
+    without rows is not exported). The raw log and the builder keep every example.
+
     Example:
         >>> export_dataset("out")["examples"]  # doctest: +SKIP
         {'short_long': 120, 'sts': 98}
+        >>> stats = export_dataset("out", decontaminate_against=["data/scifact"])  # doctest: +SKIP
+        >>> stats["decontamination"]["dropped"]  # doctest: +SKIP
+        2
     """
     output_dir = Path(output_dir)
     log_path = output_dir / LOG_RELPATH
     if not log_path.exists():
         raise FileNotFoundError(f"{log_path} does not exist; run scripts/generate_data.py --output {output_dir} first")
+    index = None
+    if decontaminate_against:
+        from ..decontamination import NgramIndex
+
+        index = NgramIndex.build(decontaminate_against, n=decontamination_ngram)  # before the export touches data/
     stats = summarize(read_generation_log(log_path), kinds)
     data_dir = output_dir / "data"
     if data_dir.exists():
@@ -118,14 +134,44 @@ def export_dataset(
             builder = E5SyntheticData(config_name=kind, log_path=str(log_path), cache_dir=cache_dir)
             builder.download_and_prepare()
             dataset = builder.as_dataset("train")
+            if index is not None:
+                dataset = _decontaminate_kind(stats, kind, dataset, index)
+                if len(dataset) == 0:
+                    continue
             (data_dir / kind).mkdir(parents=True, exist_ok=True)
             dataset.to_parquet(str(data_dir / kind / "train-00000-of-00001.parquet"))
+    for kind in [k for k, n in stats["examples"].items() if n == 0 and index is not None]:
+        del stats["examples"][kind], stats["examples_by_language"][kind]  # no config without rows
     builder_target = output_dir / BUILDER_RELPATH
     builder_target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(Path(__file__).with_name("builder.py"), builder_target)
     card = render_card(stats, template_path=template_path, repo_id=repo_id, generation_command=generation_command)
     card.save(str(output_dir / "README.md"))
     return stats
+
+
+def _decontaminate_kind(stats: dict[str, Any], kind: str, dataset, index):
+    """`dataset` (one kind's rows) without the rows overlapping `index`; `stats` updated to what is kept."""
+    from collections import Counter
+
+    from ..decontamination import decontaminate
+    from .builder import OUTPUT_FIELDS
+
+    kept, report = decontaminate(dataset, index, OUTPUT_FIELDS[kind])
+    record = stats.setdefault(
+        "decontamination",
+        {"against": list(index.sources), "ngram": index.n, "rows": 0, "dropped": 0,
+         "by_source": dict.fromkeys(index.sources, 0), "dropped_by_kind": {}},
+    )  # fmt: skip
+    record["rows"] += report.rows
+    record["dropped"] += report.dropped
+    for source, n in report.by_source.items():
+        record["by_source"][source] += n
+    record["dropped_by_kind"][kind] = report.dropped
+    stats["examples"][kind] = len(kept)
+    languages = Counter(kept["language"])
+    stats["examples_by_language"][kind] = dict(sorted(languages.items(), key=lambda kv: (-kv[1], kv[0])))
+    return kept
 
 
 def push_to_hub(

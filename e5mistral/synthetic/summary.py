@@ -81,7 +81,10 @@ def summarize(records: Sequence[dict[str, Any]], kinds: Sequence[str] = KINDS) -
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A plain-text report of :func:`summarize`; it ends with a WARNING line for each kind that
-    has example requests logged but no valid example (the kind is missing from the dataset).
+    has example requests logged but no valid example (the kind is missing from the dataset). The
+    statistics of an export with decontamination (``summary["decontamination"]``, see
+    :func:`~e5mistral.synthetic.export.export_dataset`) add the line of
+    :meth:`~e5mistral.decontamination.DecontaminationReport.line` and the rows dropped per kind.
 
     Example:
         >>> failed = {"kind": "sts", "step": "example", "status": "failed", "language": "en", "model": "m",
@@ -111,6 +114,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"requests logged: {summary['requests']}; tokens used: {summary['prompt_tokens']} prompt + "
         f"{summary['completion_tokens']} completion = {summary['prompt_tokens'] + summary['completion_tokens']}"
     )
+    if summary.get("decontamination"):
+        from ..decontamination import DecontaminationReport
+
+        d = summary["decontamination"]
+        lines.append(DecontaminationReport(d["rows"], d["dropped"], d["by_source"]).line())
+        lines.append("  dropped per kind: " + ", ".join(f"{k} {n}" for k, n in d["dropped_by_kind"].items()))
     for kind, missing in summary.get("kinds_without_examples", {}).items():
         n = missing["requests"]
         lines.append(

@@ -210,7 +210,33 @@ class E5ScriptArguments:
         },
     )
     max_train_rows: int | None = field(default=None, metadata={"help": "Keep at most this many training rows (debug)."})
+    decontaminate_against: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation data to keep out of training (off by default): BEIR folders (corpus.jsonl, "
+            "queries.jsonl), folders of .jsonl/.json/.parquet files, or such files. A training row is dropped "
+            "when its query, positive or a negative shares a word n-gram with them (e5mistral.decontamination); "
+            "the start prints how many, and training_info.json records it."
+        },
+    )
+    decontamination_ngram: int = field(
+        default=13,
+        metadata={"help": "Word n-gram size of decontamination (13, as GPT-3's contamination study)."},
+    )
+    decontamination_min_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "Share of a text's n-grams that must be found in the evaluation data to drop its row; "
+            "0: any shared n-gram."
+        },
+    )
 
     def __post_init__(self):
         if self.eval_split_size < 0:
             raise ValueError(f"eval_split_size={self.eval_split_size} must be >= 0 (a share < 1 or a row count).")
+        if self.decontamination_ngram < 1:
+            raise ValueError(f"decontamination_ngram={self.decontamination_ngram} must be >= 1 (13 is the usual).")
+        if not 0.0 <= self.decontamination_min_share <= 1.0:
+            raise ValueError(
+                f"decontamination_min_share={self.decontamination_min_share} must be in [0, 1] (0: any shared n-gram)."
+            )

@@ -25,7 +25,7 @@ from e5mistral.tokenization import ensure_eos
 from e5mistral.training.arguments import E5ModelConfig, E5ScriptArguments, E5TrainingArguments
 from e5mistral.training.data import load_training_data
 
-__all__ = ["RunFinished", "load_datasets", "load_model_and_tokenizer", "resolve_resume"]
+__all__ = ["RunFinished", "decontaminate_rows", "load_datasets", "load_model_and_tokenizer", "resolve_resume"]
 
 
 class RunFinished(Exception):
@@ -34,8 +34,44 @@ class RunFinished(Exception):
     message says so and how to train further."""
 
 
-def load_datasets(script_args: E5ScriptArguments, training_args: E5TrainingArguments):
-    """Training rows and dev rows (a held-out share of the training rows unless eval_dataset_name is set)."""
+def decontaminate_rows(script_args: E5ScriptArguments, rows, *, verbose: bool = True):
+    """``rows`` without those overlapping ``script_args.decontaminate_against`` (unset: ``rows`` as
+    they are), and the record of what was dropped (``None`` when off); prints the report line.
+
+    Example:
+        >>> args = E5ScriptArguments(dataset_name="rows.jsonl", decontaminate_against=["data/scifact"])
+        >>> rows, record = decontaminate_rows(args, load_training_data("rows.jsonl"))  # doctest: +SKIP
+        decontamination: dropped 3 of 1200 rows (3 sharing an n-gram with data/scifact)
+    """
+    if not script_args.decontaminate_against:
+        return rows, None
+    from e5mistral.decontamination import NgramIndex, decontaminate
+
+    index = NgramIndex.build(
+        script_args.decontaminate_against,
+        n=script_args.decontamination_ngram,
+        min_share=script_args.decontamination_min_share,
+    )
+    kept, report = decontaminate(rows, index, ["query", "positive", "negatives"])
+    if verbose:
+        print(report.line())
+    record = {
+        **report.to_dict(),
+        "against": list(script_args.decontaminate_against),
+        "ngram": index.n,
+        "min_words": index.min_words,
+        "min_share": index.min_share,
+    }
+    return kept, record
+
+
+def load_datasets(script_args: E5ScriptArguments, training_args: E5TrainingArguments, record: dict | None = None):
+    """Training rows and dev rows (a held-out share of the training rows unless eval_dataset_name is set).
+
+    With ``decontaminate_against`` set, training rows overlapping that evaluation data are dropped
+    first (:func:`decontaminate_rows`, before any dev rows are held out); ``record``, a dict, then
+    receives ``record["decontamination"]`` for the run record.
+    """
     if script_args.dataset_name is None:
         raise UserError("dataset_name is unset: pass --dataset_name <file, folder, Hub id, `sample` or a=0.7,b=0.3>.")
     with training_args.main_process_first(desc="loading the dataset"):
@@ -45,6 +81,15 @@ def load_datasets(script_args: E5ScriptArguments, training_args: E5TrainingArgum
             script_args.dataset_config,
             seed=training_args.seed,
         )
+        train, decontaminated = decontaminate_rows(script_args, train, verbose=training_args.process_index == 0)
+        if decontaminated is not None:
+            if len(train) == 0:
+                raise UserError(
+                    f"decontamination dropped all {decontaminated['rows']} training rows "
+                    f"({', '.join(script_args.decontaminate_against)}); check decontaminate_against."
+                )
+            if record is not None:
+                record["decontamination"] = decontaminated
         dev = None
         if script_args.eval_dataset_name:
             dev = load_training_data(

@@ -7,7 +7,8 @@ trainer's final save (``save_merged_model``) has it write, on the main process:
 
 ``training_args.json``   the arguments (``hub_token`` masked)
 ``trainer_state.json``   steps and the log history
-``training_info.json``   base model, dataset, row counts, processes, global batch, held-out before/after
+``training_info.json``   base model, dataset, row counts, processes, global batch, held-out before/after,
+                         and the decontamination (rows dropped per evaluation source) when it was on
 ``README.md``            ``model_card.md`` rendered from the three (:func:`e5mistral.hub.render_model_card`)
 
 These are the files :mod:`e5mistral.hub` reads when the folder is pushed. The base model and the
@@ -45,26 +46,39 @@ class RunRecord(TrainerCallback):
         base_model: the base model's Hub id or path (``None``: the trained model's ``name_or_path``).
         dataset: the training data as the user named it (``None``: left out of the record).
         dataset_config: its configuration, if any.
+        decontamination: what :func:`e5mistral.training.inputs.decontaminate_rows` dropped, if it ran.
 
     ``before`` and ``after`` are the shown held-out metrics (``ndcg@10``...) of the evaluation at
     step 0 and of the latest one after it; the record has them only when both were measured.
     """
 
-    def __init__(self, base_model: str | None = None, dataset: str | None = None, dataset_config: str | None = None):
+    def __init__(
+        self,
+        base_model: str | None = None,
+        dataset: str | None = None,
+        dataset_config: str | None = None,
+        decontamination: dict | None = None,
+    ):
         self.base_model = base_model
         self.dataset = dataset
         self.dataset_config = dataset_config
+        self.decontamination = decontamination
         self.before: dict[str, float] | None = None
         self.after: dict[str, float] | None = None
 
     @classmethod
-    def for_script(cls, script_args, model_args) -> RunRecord:
+    def for_script(cls, script_args, model_args, decontamination: dict | None = None) -> RunRecord:
         """The record of a ``scripts/train.py`` run, from its dataset and model arguments."""
         base_model = model_args.model_name_or_path
         if base_model is None and model_args.tiny_model:
             base_model = TINY_BASE_MODEL_LABEL
         dataset = SAMPLE_DATASET_LABEL if script_args.dataset_name == "sample" else script_args.dataset_name
-        return cls(base_model=base_model, dataset=dataset, dataset_config=script_args.dataset_config)
+        return cls(
+            base_model=base_model,
+            dataset=dataset,
+            dataset_config=script_args.dataset_config,
+            decontamination=decontamination,
+        )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not metrics or not all(f"eval_{name}" in metrics for name in SHOWN_METRICS):
@@ -88,6 +102,8 @@ class RunRecord(TrainerCallback):
                 "global batch (rows)": args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps,
             },
         }
+        if self.decontamination is not None:
+            info["decontamination"] = self.decontamination
         if self.before is not None and self.after is not None:
             dev = trainer.eval_dataset
             info["held_out_evaluation"] = {
