@@ -105,6 +105,9 @@ class E5MistralConfig(PreTrainedConfig):
     ...                                       num_hidden_layers=2, num_attention_heads=4, vocab_size=512))
     >>> type(qwen).__name__                                             # Qwen2Model + E5 pooling
     'E5Qwen2Model'
+    >>> bidirectional = E5MistralModel.from_pretrained("out/my-e5", bidirectional=True)  # no causal mask
+    >>> bidirectional.config.to_dict()["bidirectional"]                 # saved with the folder
+    True
     ```
     """
 
