@@ -127,11 +127,14 @@ def merge_state_dicts(
         missing, extra = sorted(set(first) - set(state)), sorted(set(state) - set(first))
         if missing or extra:
             what = f"lacks {', '.join(missing[:4])}" if missing else f"has extra {', '.join(extra[:4])}"
-            raise UserError(f"cannot merge: {name} {what} (tensors of {names[0]}); the models are not one architecture.")
+            raise UserError(
+                f"cannot merge: {name} {what} (tensors of {names[0]}); the models are not one architecture."
+            )
         for key, tensor in first.items():
             if state[key].shape != tensor.shape:
                 raise UserError(
-                    f"cannot merge: {key} is {tuple(state[key].shape)} in {name} but {tuple(tensor.shape)} in {names[0]}."
+                    f"cannot merge: {key} is {tuple(state[key].shape)} in {name} but "
+                    f"{tuple(tensor.shape)} in {names[0]}."
                 )
     merged = {}
     for key, tensor in first.items():
@@ -168,7 +171,9 @@ def load_for_merge(folder, base: str | None = None):
 
     folder = Path(folder)
     if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
-        raise UserError(f"{folder} is not a model folder (no config.json or adapter_config.json); pass trained folders.")
+        raise UserError(
+            f"{folder} is not a model folder (no config.json or adapter_config.json); pass trained folders."
+        )
     try:
         if not (folder / "adapter_config.json").is_file():
             return E5MistralModel.from_pretrained(folder).eval(), load_tokenizer(folder)
@@ -202,9 +207,14 @@ def _check_same_architecture(models, tokenizers, names) -> None:
         differ = sorted(k for k in set(first) | set(other) if first.get(k) != other.get(k))
         if differ:
             shown = ", ".join(f"{k} ({first.get(k)!r} vs {other.get(k)!r})" for k in differ[:3])
-            raise UserError(f"cannot merge {names[0]} and {name}: their configs differ in {shown}; merge models of one architecture.")
+            raise UserError(
+                f"cannot merge {names[0]} and {name}: their configs differ in {shown}; "
+                "merge models of one architecture."
+            )
         if tokenizer.get_vocab() != tokenizers[0].get_vocab():
-            raise UserError(f"cannot merge {names[0]} and {name}: their tokenizers differ; merge models trained from one base.")
+            raise UserError(
+                f"cannot merge {names[0]} and {name}: their tokenizers differ; merge models trained from one base."
+            )
 
 
 def _read_json(path: Path) -> dict:

@@ -1,4 +1,4 @@
-"""Merge trained embedding-model folders (or LoRA adapters) into one: ``e5mistral.cli.merge`` (its docstring has the details).
+"""Merge trained embedding-model folders (or LoRA adapters) into one: ``e5mistral.cli.merge`` has the details.
 
     python scripts/merge.py out/a out/b --weights 0.5 0.5 --method linear --output out/merged
 """

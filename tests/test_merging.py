@@ -137,7 +137,8 @@ def test_merged_folder_loads_everywhere_and_embeds_like_the_merged_state_dict(fo
     assert f"merged 2 models (linear, weights 0.5 0.5) -> {out}" in capsys.readouterr().out
     for name in ("config.json", "modeling_e5mistral.py", "tokenizer.json", "modules.json", "1_Pooling/config.json"):
         assert (out / name).is_file(), name
-    assert sorted(p.name for p in out.iterdir()) == sorted([*(p.name for p in folders["a"].iterdir()), "merge_info.json"])
+    inputs_files = [p.name for p in folders["a"].iterdir()]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*inputs_files, "merge_info.json"])
     assert json.loads((out / "config.json").read_text()) == json.loads((folders["a"] / "config.json").read_text())
     assert json.loads((out / "merge_info.json").read_text())["weights"] == [0.5, 0.5]
 
@@ -179,7 +180,8 @@ def make_adapter(base_folder, path, seed):
 
 def test_adapters_are_merged_into_their_base_then_averaged(folders, tmp_path):
     base = folders["a"]
-    one, two = make_adapter(base, tmp_path / "run1" / "adapter", 1), make_adapter(base, tmp_path / "run2" / "adapter", 2)
+    one = make_adapter(base, tmp_path / "run1" / "adapter", 1)
+    two = make_adapter(base, tmp_path / "run2" / "adapter", 2)
     assert json.loads((one / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
     out = merge_folders([one, two], tmp_path / "merged")
     merged = state_of(out)

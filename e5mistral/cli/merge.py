@@ -25,9 +25,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("folders", nargs="+", metavar="FOLDER", help="trained model folders or LoRA adapter folders (two or more)")
+    parser.add_argument(
+        "folders", nargs="+", metavar="FOLDER", help="trained model folders or LoRA adapter folders (two or more)"
+    )
     parser.add_argument("--output", required=True, help="the merged folder to write (new or empty)")
-    parser.add_argument("--method", default="linear", choices=("linear", "slerp"), help="linear (weighted average, default) or slerp (two models)")
+    parser.add_argument(
+        "--method", default="linear", choices=("linear", "slerp"),
+        help="linear (weighted average, default) or slerp (two models)",
+    )
     parser.add_argument(
         "--weights", type=float, nargs="+", default=None,
         help="linear: one weight per model, normalised to sum to 1 (default: equal)",
@@ -50,7 +55,9 @@ def run(argv: list[str] | None = None):
 
     if args.method == "slerp" and args.weights is not None:
         raise UserError("--weights is for --method linear; slerp takes --t.")
-    folder = merge_folders(args.folders, args.output, method=args.method, weights=args.weights, t=args.t, base=args.base)
+    folder = merge_folders(
+        args.folders, args.output, method=args.method, weights=args.weights, t=args.t, base=args.base
+    )
     if args.method == "slerp":
         how = f"t={args.t}"
     else:
