@@ -16,6 +16,10 @@ import transformers
 from transformers import PreTrainedConfig
 
 POOLING_MODES = ("last_token", "mean")
+# Attention implementations checked to honour `is_causal=False` (the bidirectional mask transformers
+# builds, and SDPA's own flag when there is no padding and so no mask). Flash and flex attention
+# and kernels from the Hub are refused rather than trusted: none is tested here.
+BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS = ("eager", "sdpa")
 
 # backbone (the family's `model_type` in transformers) -> that family's config class in transformers.
 # Adding a family: its config class here and a three-line model class in modeling_e5mistral.py.
@@ -28,7 +32,7 @@ BACKBONE_CONFIG_CLASSES = {
     "gemma2": "Gemma2Config",
     "gemma3_text": "Gemma3TextConfig",
 }
-_E5_FIELDS = ("backbone", "pooling", "normalize")
+_E5_FIELDS = ("backbone", "pooling", "normalize", "bidirectional")
 
 
 def backbone_of(config_dict: dict) -> str:
@@ -78,6 +82,15 @@ class E5MistralConfig(PreTrainedConfig):
             `"mean"` averages the attended tokens (the paper's ablation).
         normalize (`bool`, *optional*, defaults to `True`):
             L2-normalise the pooled embedding, so dot products are cosine similarities.
+        bidirectional (`bool`, *optional*, defaults to `False`):
+            Remove the causal mask (llm2vec, NV-Embed): every token attends to every non-padding token
+            of its text, before and after it. Off in the recipe. A family's sliding-window layers
+            (Gemma 2/3, a Mistral with `sliding_window`) keep their window, on both sides
+            (`|i - j| <= sliding_window`, transformers' bidirectional sliding-window mask). The model
+            passes `is_causal=False` to the family's forward, which transformers 5 honours in its mask
+            functions and attention calls; only the `eager` and `sdpa` implementations are allowed
+            (see :func:`check_attention_direction`). A config dict with `is_causal: false` reads as
+            `bidirectional=True`.
         **kwargs: every argument of the family's config class (`MistralConfig`, `Qwen2Config`, ...),
             with that class's defaults: the attributes are the ones it builds.
 
@@ -92,6 +105,9 @@ class E5MistralConfig(PreTrainedConfig):
     ...                                       num_hidden_layers=2, num_attention_heads=4, vocab_size=512))
     >>> type(qwen).__name__                                             # Qwen2Model + E5 pooling
     'E5Qwen2Model'
+    >>> bidirectional = E5MistralModel.from_pretrained("out/my-e5", bidirectional=True)  # no causal mask
+    >>> bidirectional.config.to_dict()["bidirectional"]                 # saved with the folder
+    True
     ```
     """
 
@@ -100,6 +116,7 @@ class E5MistralConfig(PreTrainedConfig):
     backbone: str = "mistral"
     pooling: str = "last_token"
     normalize: bool = True
+    bidirectional: bool = False
 
     def __init__(self, **kwargs):
         # A custom __init__ (transformers then leaves it alone) so the family's config class sees the
@@ -109,6 +126,10 @@ class E5MistralConfig(PreTrainedConfig):
         kwargs.pop("backbone", None)
         pooling = kwargs.pop("pooling", "last_token")
         normalize = kwargs.pop("normalize", True)
+        is_causal = kwargs.pop("is_causal", None)  # `bidirectional` says it; a stored value would mask every forward
+        bidirectional = kwargs.pop("bidirectional", None)
+        if bidirectional is None:
+            bidirectional = is_causal is False
         if pooling not in POOLING_MODES:
             raise ValueError(f"E5MistralConfig.pooling={pooling!r} is not supported; use one of {POOLING_MODES}.")
         family = backbone_config_class(backbone)(**kwargs)  # the family's defaults, post-init and checks
@@ -116,6 +137,7 @@ class E5MistralConfig(PreTrainedConfig):
         self.backbone = backbone
         self.pooling = pooling
         self.normalize = bool(normalize)
+        self.bidirectional = bool(bidirectional)
 
     def __eq__(self, other):
         return isinstance(other, PreTrainedConfig) and vars(self) == vars(other)
@@ -148,4 +170,28 @@ class E5MistralConfig(PreTrainedConfig):
         return config_dict, kwargs
 
 
-__all__ = ["BACKBONE_CONFIG_CLASSES", "E5MistralConfig", "backbone_config_class", "backbone_of"]
+def check_attention_direction(config) -> None:
+    """Raise unless ``config``'s attention implementation honours ``config.bidirectional``.
+
+    A causal config passes with any implementation. A bidirectional one needs `eager` or `sdpa`
+    (:data:`BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS`): anything else could silently stay causal.
+
+    Example: ``check_attention_direction(E5MistralConfig(bidirectional=True))`` passes (sdpa by default).
+    """
+    implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+    if getattr(config, "bidirectional", False) and implementation not in BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(
+            f"E5MistralConfig.bidirectional=True needs attn_implementation 'eager' or 'sdpa', not "
+            f"{implementation!r}: only those are checked to drop the causal mask (another one could stay causal "
+            "silently). Load with attn_implementation='sdpa', or set bidirectional=False."
+        )
+
+
+__all__ = [
+    "BACKBONE_CONFIG_CLASSES",
+    "BIDIRECTIONAL_ATTENTION_IMPLEMENTATIONS",
+    "E5MistralConfig",
+    "backbone_config_class",
+    "backbone_of",
+    "check_attention_direction",
+]

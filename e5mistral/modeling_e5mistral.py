@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from transformers import Gemma2Model, Gemma3TextModel, GemmaModel, LlamaModel, MistralModel, Qwen2Model, Qwen3Model
 from transformers.utils import ModelOutput, logging
 
-from .configuration_e5mistral import E5MistralConfig, backbone_config_class, backbone_of
+from .configuration_e5mistral import E5MistralConfig, backbone_config_class, backbone_of, check_attention_direction
 from .modeling_e5mistral_folder import (
     DEFAULT_PROMPTS,
     CheckpointMismatchError,
@@ -137,6 +137,7 @@ class E5EmbeddingMixin:
             )
         super().__init__(config, *args, **kwargs)
         self._warned_not_eos = False
+        check_attention_direction(self.config)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -276,6 +277,11 @@ class E5EmbeddingMixin:
             [`E5MistralModelOutput`] with `pooler_output` of shape `(batch, hidden)`.
         """
         kwargs.pop("use_cache", None)  # an encoder never caches
+        if self.config.bidirectional:
+            # transformers 5 builds the bidirectional mask (padding still masked) and tells the attention
+            # calls is_causal=False; checked again here as the implementation may have changed since __init__.
+            check_attention_direction(self.config)
+            kwargs["is_causal"] = False
         if attention_mask is not None and attention_mask.dim() == 2:
             empty = ~attention_mask.bool().any(dim=1)  # (B,)
             if empty.any():

@@ -14,6 +14,7 @@ from peft import LoraConfig
 from transformers import AutoModel, EarlyStoppingCallback
 
 from e5mistral import E5Embedder, E5MistralModel, format_query
+from e5mistral.merging import load_for_merge
 from e5mistral.testing import assert_close, make_tiny_model, make_tiny_model_folder, make_tiny_tokenizer
 from e5mistral.training.arguments import LORA_TARGET_MODULES, E5TrainingArguments
 from e5mistral.training.collator import E5Collator
@@ -190,12 +191,13 @@ def test_evaluation_equals_a_brute_force_ranking_and_drives_best_model_selection
     assert {"eval_ndcg@10", "eval_recall@1", "eval_recall@100"} <= set(metrics)
 
 
-@pytest.mark.parametrize("pooling", ["last_token", "mean"])
-def test_merged_folder_embeds_like_the_trained_lora_model(tmp_path, pooling):
-    """Also with a pooling set at load time (`pooling: mean`), which the merged folder must keep."""
+@pytest.mark.parametrize("pooling, bidirectional", [("last_token", False), ("mean", False), ("last_token", True)])
+def test_merged_folder_embeds_like_the_trained_lora_model(tmp_path, pooling, bidirectional):
+    """Also with a pooling (`pooling: mean`) or attention (`bidirectional: true`) set at load time, which
+    the merged folder must keep; the adapter kept beside it merges (e5mistral.merging) to the same model."""
     base = make_tiny_model_folder(tmp_path / "base")
 
-    model = E5MistralModel.from_pretrained(base, pooling=pooling)
+    model = E5MistralModel.from_pretrained(base, pooling=pooling, bidirectional=bidirectional)
     lora = LoraConfig(
         r=16, lora_alpha=32, lora_dropout=0.1, target_modules=LORA_TARGET_MODULES, task_type="FEATURE_EXTRACTION"
     )
@@ -213,8 +215,12 @@ def test_merged_folder_embeds_like_the_trained_lora_model(tmp_path, pooling):
     trained = E5Embedder(trainer.model, TOKENIZER).encode(texts)
     reloaded = E5Embedder(AutoModel.from_pretrained(folder), TOKENIZER).encode(texts)
     assert AutoModel.from_pretrained(folder).config.pooling == pooling
+    assert AutoModel.from_pretrained(folder).config.bidirectional is bidirectional
     untrained = E5Embedder(E5MistralModel.from_pretrained(base, pooling=pooling), TOKENIZER).encode(texts)
     assert_close(reloaded, trained, rtol=1e-5)
+    from_adapter, _ = load_for_merge(folder / "adapter")  # its settings come from the folder it was kept in
+    assert from_adapter.config.bidirectional is bidirectional and from_adapter.config.pooling == pooling
+    assert_close(E5Embedder(from_adapter, TOKENIZER).encode(texts), trained, rtol=1e-5)
     assert not torch.allclose(untrained, trained, atol=1e-3)
 
 

@@ -8,7 +8,7 @@ by hand, and a field without data is left out of the card:
 ===============================  ===================================================================
 source (in the model folder)     what the card gets
 ===============================  ===================================================================
-``config.json``                  architecture, pooling, normalisation, weights dtype
+``config.json``                  architecture, pooling, normalisation, attention direction, dtype
 ``*.safetensors`` headers        number of parameters (read from the headers, weights not loaded)
 ``sentence_bert_config.json``    max sequence length
 ``config_sentence_transformers`` the named prompts
@@ -148,6 +148,7 @@ def collect_model_info(
         "num_hidden_layers": config.get("num_hidden_layers"),
         "pooling": config.get("pooling"),
         "normalize": config.get("normalize"),
+        "bidirectional": bool(config.get("bidirectional")),
         "max_seq_length": st_config.get("max_seq_length"),
         "num_parameters": _num_parameters(model_dir),
         "weights_dtype": config.get("dtype") or config.get("torch_dtype"),

@@ -164,6 +164,14 @@ class E5ModelConfig(ModelConfig):
             "choices": ["last_token", "mean"],
         },
     )
+    bidirectional: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Remove the causal mask (llm2vec / NV-Embed): every token attends to every non-padding token. "
+            "Off in the recipe; unset keeps the checkpoint's (causal for a plain base model). Needs "
+            "attn_implementation eager or sdpa."
+        },
+    )
     tiny_model: bool = field(
         default=False,
         metadata={

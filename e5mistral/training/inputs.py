@@ -133,6 +133,13 @@ def load_model_and_tokenizer(model_args: E5ModelConfig, training_args: E5Trainin
     tokenizer = ensure_eos(load_tokenizer(path, revision=model_args.model_revision))
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     overrides = {"pooling": model_args.pooling} if model_args.pooling else {}
+    if model_args.bidirectional is not None:
+        overrides["bidirectional"] = model_args.bidirectional
+    if overrides.get("bidirectional") and model_args.attn_implementation not in (None, "eager", "sdpa"):
+        raise UserError(
+            f"bidirectional=true needs attn_implementation eager or sdpa, not {model_args.attn_implementation!r} "
+            "(only those are checked to drop the causal mask); pass --attn_implementation sdpa."
+        )
     try:
         model = E5MistralModel.from_pretrained(
             path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation,

@@ -388,8 +388,10 @@ class E5Trainer(Trainer):
                     "E5MistralModel.from_pretrained(<folder or Hub id>) before training (a model built in memory "
                     "can be written with save_model_folder first)."
                 )
-            # the E5 settings the trained model was loaded with (a `pooling: mean` override), not the base folder's
-            settings = {k: getattr(unwrapped.config, k) for k in ("pooling", "normalize") if hasattr(unwrapped.config, k)}
+            # the E5 settings the trained model was loaded with (a `pooling: mean` or `bidirectional` override),
+            # not the base folder's
+            names = ("pooling", "normalize", "bidirectional")
+            settings = {k: getattr(unwrapped.config, k) for k in names if hasattr(unwrapped.config, k)}
             base = E5MistralModel.from_pretrained(base_path, dtype=dtype, **settings)
             merged = PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
         else:
