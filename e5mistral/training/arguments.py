@@ -90,6 +90,50 @@ class E5TrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Draw each (global) batch from rows of a single `task`, so in-batch negatives are hard."},
     )
+    loss_directions: list[str] = field(
+        default_factory=lambda: ["query_to_doc"],
+        metadata={
+            "help": "InfoNCE terms (GTE / Qwen3-Embedding's improved contrastive loss): query_to_doc (the recipe, "
+            "required), and any of query_to_query, doc_to_query, doc_to_doc, which add same-side and reverse scores "
+            "of every row to its softmax (false negatives masked in each). Example: query_to_doc query_to_query "
+            "doc_to_query doc_to_doc.",
+        },
+    )
+    loss_partition: str = field(
+        default="joint",
+        metadata={
+            "help": "With several loss_directions: joint (one softmax over all their scores) or per_direction (one "
+            "per direction, log-partitions averaged; query_to_doc and doc_to_query only).",
+            "choices": ["joint", "per_direction"],
+        },
+    )
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Matryoshka training: also train these embedding prefixes (each re-normalised), losses weighted "
+            "and summed, e.g. 4096 1024 256 (include the full size). Unset: the full embedding only (the recipe)."
+        },
+    )
+    matryoshka_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weights of the matryoshka_dims losses, one per dim (default 1 each)."},
+    )
+    truncate_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "Write this embedding size into the saved folder's config_sentence_transformers.json "
+            "(SentenceTransformer and E5Embedder.from_pretrained then keep the first truncate_dim dimensions); "
+            "train it with matryoshka_dims. Unset: full embeddings."
+        },
+    )
+    hard_negatives_only_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Rows whose `task` is listed are scored against their own positive and hard negatives only (no "
+            "in-batch or cross-device negatives), as SFR-Embedding does for classification and clustering; e.g. "
+            "classification clustering. Combines with same_task_batches."
+        },
+    )
     keep_adapter: bool = field(
         default=False,
         metadata={"help": "With LoRA, also keep the adapter alone in `<output_dir>/adapter` next to the merged model."},
@@ -118,6 +162,7 @@ class E5TrainingArguments(TrainingArguments):
             raise ValueError(
                 f"mini_batch_size={self.mini_batch_size} must be >= 1; leave it unset to turn GradCache off."
             )
+        check_loss_options(self)
         # A multi-process launch on a machine without GPUs trains on CPU over gloo (under the engine the
         # accelerate config asks for); see e5mistral.training.engines.
         require_engine_packages(self)
@@ -141,6 +186,49 @@ class E5TrainingArguments(TrainingArguments):
                 "each micro-batch has its own softmax. For a large contrastive batch, raise "
                 "per_device_train_batch_size and set mini_batch_size (GradCache) instead."
             )
+
+
+def check_loss_options(args: E5TrainingArguments) -> None:
+    """One clear ``ValueError`` line for a wrong loss option (``e5mistral.training.objectives``)."""
+    from e5mistral.training.objectives import DIRECTIONS, PARTITIONS
+
+    directions = list(args.loss_directions or [])
+    unknown = [d for d in directions if d not in DIRECTIONS]
+    if unknown or "query_to_doc" not in directions or len(set(directions)) != len(directions):
+        raise ValueError(
+            f"loss_directions={directions}: list each of {', '.join(DIRECTIONS)} at most once, query_to_doc "
+            "included (it holds the positive); the recipe is [query_to_doc]."
+        )
+    if args.loss_partition not in PARTITIONS:
+        raise ValueError(f"loss_partition={args.loss_partition!r} must be joint or per_direction.")
+    same_side = sorted(set(directions) & {"query_to_query", "doc_to_doc"})
+    if args.loss_partition == "per_direction" and same_side:
+        raise ValueError(
+            f"loss_partition=per_direction with loss_directions {same_side}: those terms hold no positive, so a "
+            "softmax of their own is ill-defined; use loss_partition=joint or drop them."
+        )
+    dims = args.matryoshka_dims
+    if dims is not None:
+        if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims) or len(set(dims)) != len(dims):
+            raise ValueError(
+                f"matryoshka_dims={dims} must be distinct positive integers, e.g. [4096, 1024, 256]; unset for the recipe."
+            )
+    weights = args.matryoshka_weights
+    if weights is not None:
+        if dims is None or len(weights) != len(dims):
+            raise ValueError(
+                f"matryoshka_weights={weights} needs one weight per matryoshka_dims entry ({dims}); set both or neither."
+            )
+        if any(not (w >= 0) or w == float("inf") for w in weights) or not any(w > 0 for w in weights):
+            raise ValueError(f"matryoshka_weights={weights} must be finite, >= 0 and not all 0.")
+    if args.truncate_dim is not None and (isinstance(args.truncate_dim, bool) or args.truncate_dim < 1):
+        raise ValueError(f"truncate_dim={args.truncate_dim} must be a positive integer, or unset for full embeddings.")
+    tasks = args.hard_negatives_only_tasks
+    if tasks is not None and (not tasks or not all(isinstance(t, str) and t.strip() for t in tasks)):
+        raise ValueError(
+            f"hard_negatives_only_tasks={tasks} must be non-empty task names (the rows' `task` values), e.g. "
+            "[classification, clustering]; unset for the recipe."
+        )
 
 
 @dataclass
