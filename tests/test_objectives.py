@@ -219,3 +219,149 @@ def test_per_direction_refuses_same_side_terms(tmp_path):
         E5TrainingArguments(
             output_dir=str(tmp_path), report_to="none", loss_directions=list(ALL), loss_partition="per_direction"
         )
+
+
+TRAIN_OPTIONS = {
+    "loss_directions": list(ALL),
+    "matryoshka_dims": [32, 16, 4],  # the tiny model's hidden size is 32
+    "matryoshka_weights": [1.0, 0.5, 0.25],
+    "hard_negatives_only_tasks": ["clustering"],
+}
+
+
+def _rows():
+    from datasets import Dataset
+
+    from e5mistral.testing import make_training_rows
+
+    rows = make_training_rows(8, negatives=1)
+    for i, row in enumerate(rows):
+        row["task"] = "clustering" if i % 3 == 0 else "retrieval"
+    rows[5]["positive"] = rows[4]["positive"]  # a duplicated positive: the masks have work to do
+    return Dataset.from_list(rows)
+
+
+def _manual_step(model, rows, options, lr=0.5):
+    """One SGD step by hand: the whole batch in one graph, contrastive_loss with `options`."""
+    import copy
+
+    from e5mistral.training.collator import E5Collator
+    from e5mistral.training.objectives import gather_batch
+
+    model = copy.deepcopy(model).train()
+    batch = E5Collator(TOKENIZER, num_negatives=1)(list(rows))
+    q, d = model(**batch["query"]).pooler_output, model(**batch["document"]).pooler_output  # (B, H), (D, H)
+    embedded = gather_batch(q, d, batch["query_ids"], batch["document_ids"], batch["document_rows"], gather=False)
+    restricted = torch.isin(batch["task_ids"], text_ids(options.get("hard_negatives_only_tasks") or ["-"]))
+    loss, _ = contrastive_loss(
+        embedded, 0.05, options.get("loss_directions", ["query_to_doc"]), "joint",
+        options.get("matryoshka_dims"), options.get("matryoshka_weights"), restricted,
+    )
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= lr * p.grad
+    return {k: v.detach() for k, v in model.state_dict().items()}
+
+
+TOKENIZER = None
+
+
+@pytest.mark.parametrize("mini_batch_size", [None, 3])
+@pytest.mark.parametrize("option", [*TRAIN_OPTIONS, "all"])
+def test_a_trainer_step_with_each_option_equals_the_hand_written_step(tmp_path, option, mini_batch_size):
+    """Plain and GradCache (the prefix losses from the cached full embeddings, one backward)."""
+    import copy
+
+    from e5mistral.testing import make_tiny_model, make_tiny_tokenizer
+    from e5mistral.training.trainer import E5Trainer
+
+    global TOKENIZER
+    TOKENIZER = TOKENIZER or make_tiny_tokenizer()
+    options = dict(TRAIN_OPTIONS) if option == "all" else {option: TRAIN_OPTIONS[option]}
+    if option == "matryoshka_weights":
+        options["matryoshka_dims"] = TRAIN_OPTIONS["matryoshka_dims"]
+    rows = _rows()
+    torch.manual_seed(0)
+    model = make_tiny_model(TOKENIZER)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = _manual_step(model, rows, options)
+    recipe = _manual_step(model, rows, {})
+    args = E5TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=1, optim="sgd", learning_rate=0.5,
+        lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, temperature=0.05, report_to="none",
+        save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False, seed=0, mini_batch_size=mini_batch_size,
+        **options,
+    )
+    trainer = E5Trainer(copy.deepcopy(model).train(), args, train_dataset=rows, processing_class=TOKENIZER)
+    trainer.train()
+    got = trainer.model.state_dict()
+    for key, value in expected.items():
+        assert_close(got[key], value, rtol=1e-5, what=key)
+    # the option changed the step (so the comparison above can fail)
+    moved = lambda w: torch.cat([(w[k] - start[k]).reshape(-1) for k in expected])  # noqa: E731
+    assert relative_error(moved(expected), moved(recipe)) > 1e-3
+
+
+def test_truncate_dim_is_saved_and_both_loaders_truncate_the_same_way(tmp_path):
+    import json
+
+    import torch.nn.functional as F
+    from sentence_transformers import SentenceTransformer
+
+    from e5mistral import E5Embedder, E5MistralModel, save_model_folder
+    from e5mistral.testing import make_tiny_model, make_tiny_tokenizer
+
+    tokenizer = make_tiny_tokenizer()
+    folder = save_model_folder(make_tiny_model(tokenizer), tokenizer, tmp_path / "m", truncate_dim=8)
+    assert json.loads((folder / "config_sentence_transformers.json").read_text())["truncate_dim"] == 8
+    texts = ["about the river 1", "a castle", "tiger and violin"]
+    full = E5Embedder(E5MistralModel.from_pretrained(folder), tokenizer).encode(texts)  # (3, 32)
+    ours = E5Embedder.from_pretrained(folder).encode(texts)  # truncate_dim from the folder
+    assert full.shape == (3, 32) and ours.shape == (3, 8)
+    assert_close(ours, F.normalize(full[:, :8], dim=-1), rtol=1e-6)
+    assert_close(ours.norm(dim=-1), torch.ones(3), rtol=1e-6)
+    st = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
+    assert st.truncate_dim == 8
+    st_emb = st.encode(texts, convert_to_tensor=True, prompt_name="document")  # (3, 8), not re-normalised by ST
+    assert st_emb.shape == (3, 8)
+    assert_close(F.normalize(st_emb, dim=-1), ours, rtol=1e-5)
+    assert_close(st.similarity(st_emb, st_emb), ours @ ours.T, rtol=1e-5)  # cosine: the same scores
+    # per call, and refused beyond the embedding size
+    embedder = E5Embedder.from_pretrained(folder, truncate_dim=None)
+    assert embedder.encode(texts).shape == (3, 32) and embedder.encode(texts, truncate_dim=4).shape == (3, 4)
+    with pytest.raises(ValueError, match="truncate_dim=64"):
+        embedder.encode(texts, truncate_dim=64)
+
+
+def test_the_card_lists_the_options_a_run_used_and_only_those(tmp_path):
+    import json
+
+    from e5mistral.hub import collect_model_info, render_model_card
+    from e5mistral.testing import make_tiny_model, make_tiny_tokenizer
+    from e5mistral.training.objectives import options_in_use
+    from e5mistral import save_model_folder
+
+    tokenizer = make_tiny_tokenizer()
+    folder = save_model_folder(make_tiny_model(tokenizer), tokenizer, tmp_path / "m", truncate_dim=16)
+    recipe = E5TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    assert options_in_use(recipe) == {}
+    plain = collect_model_info(folder, training_args=json.loads(recipe.to_json_string()))["hyperparameters"]
+    assert not any("InfoNCE direction" in k or "Matryoshka" in k or "hard negatives only" in k for k in plain)
+    used = E5TrainingArguments(
+        output_dir=str(tmp_path), report_to="none", loss_directions=list(ALL), matryoshka_dims=[32, 16, 4],
+        matryoshka_weights=[1.0, 0.5, 0.25], hard_negatives_only_tasks=["clustering"], truncate_dim=16,
+    )
+    assert set(options_in_use(used)) == {
+        "loss_directions", "loss_partition", "matryoshka_dims", "matryoshka_weights", "hard_negatives_only_tasks"
+    }
+    (folder / "training_args.json").write_text(used.to_json_string())
+    info = collect_model_info(folder)
+    hyper = info["hyperparameters"]
+    assert hyper["Matryoshka dimensions"] == "32, 16, 4" and hyper["InfoNCE partition"] == "joint"
+    assert hyper["tasks scored on their hard negatives only"] == "clustering"
+    assert info["architecture"]["truncate_dim"] == 16
+    card = str(render_model_card(folder, "me/m"))
+    assert "Matryoshka dimensions | 32, 16, 4" in card and "keep the first 16" in card
+    assert "doc_to_doc" in card
