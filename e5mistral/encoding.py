@@ -30,19 +30,29 @@ def _check_texts(texts, what: str) -> list[str]:
 
 def _check_truncate_dim(truncate_dim, hidden: int) -> int | None:
     if truncate_dim is not None and (isinstance(truncate_dim, bool) or not 0 < int(truncate_dim) <= hidden):
-        raise ValueError(f"E5Embedder: truncate_dim={truncate_dim} must be in 1..{hidden} (the embedding size), or None.")
+        raise ValueError(
+            f"E5Embedder: truncate_dim={truncate_dim} must be in 1..{hidden} (the embedding size), or None."
+        )
     return truncate_dim
 
 
-def _saved_truncate_dim(name_or_path) -> int | None:
-    """``truncate_dim`` of a local folder's ``config_sentence_transformers.json`` (None if absent)."""
+def _saved_truncate_dim(name_or_path, revision: str | None = None) -> int | None:
+    """``truncate_dim`` of a folder's or Hub repository's ``config_sentence_transformers.json`` (None if absent)."""
     import json
-    from pathlib import Path
 
-    path = Path(str(name_or_path)) / "config_sentence_transformers.json"
-    if not path.is_file():
+    from transformers.utils import cached_file
+
+    path = cached_file(
+        str(name_or_path),
+        "config_sentence_transformers.json",
+        revision=revision,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    if path is None:
         return None
-    return json.loads(path.read_text(encoding="utf-8")).get("truncate_dim")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("truncate_dim")
 
 
 class E5Embedder:
@@ -72,7 +82,13 @@ class E5Embedder:
     """
 
     def __init__(
-        self, model, tokenizer, max_length: int = 512, batch_size: int = 32, device=None, truncate_dim: int | None = None
+        self,
+        model,
+        tokenizer,
+        max_length: int = 512,
+        batch_size: int = 32,
+        device=None,
+        truncate_dim: int | None = None,
     ):
         check_eos(tokenizer)
         check_pad_token(tokenizer, "E5Embedder")
@@ -118,7 +134,7 @@ class E5Embedder:
         if device is not None:
             model = model.to(device)
         if "truncate_dim" not in kwargs:
-            kwargs["truncate_dim"] = _saved_truncate_dim(name_or_path)
+            kwargs["truncate_dim"] = _saved_truncate_dim(name_or_path, revision)
         return cls(model.eval(), tokenizer, device=device, **kwargs)
 
     def encode(

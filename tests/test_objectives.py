@@ -84,30 +84,35 @@ def test_default_call_is_the_recipe_info_nce():
     assert acc == recipe_acc
 
 
-def _manual_loss(q, d, tau, query_texts, doc_texts, doc_rows, directions, restricted=()):
+def _manual_loss(q, d, tau, query_texts, doc_texts, doc_rows, directions, restricted=(), partition="joint"):
     """Loop-and-math: each row's -log softmax with the false-negative rules written out one by one."""
     cos = lambda a, b: float(torch.dot(a, b) / (a.norm() * b.norm())) / tau  # noqa: E731
     n = q.shape[0]
     pos_text = doc_texts[:n]
     losses = []
     for i in range(n):
-        terms = []  # scores in row i's denominator
+        terms = {name: [] for name in directions}  # direction -> scores in row i's denominator
         for k in range(d.shape[0]):  # query -> document
             if i in restricted and doc_rows[k] != i:
                 continue
             if k == i or doc_texts[k] != pos_text[i]:
-                terms.append(cos(q[i], d[k]))
+                terms["query_to_doc"].append(cos(q[i], d[k]))
         if i not in restricted:
             for j in range(n):
                 same = pos_text[j] == pos_text[i] or query_texts[j] == query_texts[i] or query_texts[j] == pos_text[i]
                 if "query_to_query" in directions and j != i and not same:
-                    terms.append(cos(q[i], q[j]))
+                    terms["query_to_query"].append(cos(q[i], q[j]))
                 if "doc_to_query" in directions and (j == i or not same):
-                    terms.append(cos(d[i], q[j]))
+                    terms["doc_to_query"].append(cos(d[i], q[j]))
             for k in range(d.shape[0]):
                 if "doc_to_doc" in directions and doc_rows[k] != i and doc_texts[k] != pos_text[i]:
-                    terms.append(cos(d[i], d[k]))
-        losses.append(-(cos(q[i], d[i]) - math.log(sum(math.exp(t) for t in terms))))
+                    terms["doc_to_doc"].append(cos(d[i], d[k]))
+        log_partitions = [math.log(sum(math.exp(t) for t in scores)) for scores in terms.values() if scores]
+        if partition == "joint":
+            log_z = math.log(sum(math.exp(t) for scores in terms.values() for t in scores))
+        else:  # the mean over the directions the row takes part in
+            log_z = sum(log_partitions) / len(log_partitions)
+        losses.append(-(cos(q[i], d[i]) - log_z))
     return sum(losses) / n
 
 
@@ -137,29 +142,31 @@ def _mask_batch(seed=3):
 
 def test_false_negative_masks_apply_in_every_term():
     q, d, batch = _mask_batch()
-    for directions in (ALL, ("query_to_doc", "query_to_query"), ("query_to_doc", "doc_to_query"), ("query_to_doc", "doc_to_doc")):
-        ours, _ = contrastive_loss(batch, TAU, directions)
-        expected = _manual_loss(q, d, TAU, QUERY_TEXTS, DOC_TEXTS, DOC_ROWS, directions)
+    pairs = [(("query_to_doc", extra), "joint") for extra in ALL[1:]]
+    for directions, partition in ((ALL, "joint"), *pairs, (("query_to_doc", "doc_to_query"), "per_direction")):
+        ours, _ = contrastive_loss(batch, TAU, directions, partition)
+        expected = _manual_loss(q, d, TAU, QUERY_TEXTS, DOC_TEXTS, DOC_ROWS, directions, (), partition)
         assert_close(ours, torch.tensor(expected, dtype=torch.float64), rtol=1e-10, what=f"loss with {directions}")
         # with distinct ids (nothing to mask but self / own documents) the loss differs: the masks act
         unmasked = Batch(q, d, batch.labels, 0, torch.arange(5), torch.arange(100, 105),
                          torch.cat([torch.arange(100, 105), torch.arange(200, 203)]), batch.document_rows)
-        assert abs(contrastive_loss(unmasked, TAU, directions)[0].item() - ours.item()) > 1e-3
+        assert abs(contrastive_loss(unmasked, TAU, directions, partition)[0].item() - ours.item()) > 1e-3
 
 
 def test_hard_negatives_only_rows_see_their_own_documents_only():
     q, d, batch = _mask_batch()
     restricted = torch.tensor([False, False, True, True, False])
-    for directions in (("query_to_doc",), ALL):
-        ours, _ = contrastive_loss(batch, TAU, directions, restricted=restricted)
-        expected = _manual_loss(q, d, TAU, QUERY_TEXTS, DOC_TEXTS, DOC_ROWS, directions, restricted={2, 3})
+    for directions, partition in ((("query_to_doc",), "joint"), (ALL, "joint"), (ALL[:3:2], "per_direction")):
+        ours, _ = contrastive_loss(batch, TAU, directions, partition, restricted=restricted)
+        expected = _manual_loss(q, d, TAU, QUERY_TEXTS, DOC_TEXTS, DOC_ROWS, directions, {2, 3}, partition)
         assert_close(ours, torch.tensor(expected, dtype=torch.float64), rtol=1e-10, what=f"loss with {directions}")
     # by hand, row 2 alone: its positive d2 against its own hard negative d6 only
     s = lambda a, b: float(torch.dot(a, b) / (a.norm() * b.norm())) / TAU  # noqa: E731
     row2 = -s(q[2], d[2]) + math.log(math.exp(s(q[2], d[2])) + math.exp(s(q[2], d[6])))
     one = Batch(q, d, torch.tensor([2]), 2, batch.query_ids, batch.query_positive_ids, batch.document_ids,
                 batch.document_rows)
-    assert_close(contrastive_loss(one, TAU, restricted=torch.tensor([True]))[0], torch.tensor(row2, dtype=torch.float64), rtol=1e-10)
+    restricted_one = contrastive_loss(one, TAU, restricted=torch.tensor([True]))[0]
+    assert_close(restricted_one, torch.tensor(row2, dtype=torch.float64), rtol=1e-10)
     assert abs(contrastive_loss(one, TAU)[0].item() - row2) > 1e-3  # unrestricted, in-batch negatives count
 
 
@@ -365,3 +372,62 @@ def test_the_card_lists_the_options_a_run_used_and_only_those(tmp_path):
     card = str(render_model_card(folder, "me/m"))
     assert "Matryoshka dimensions | 32, 16, 4" in card and "keep the first 16" in card
     assert "doc_to_doc" in card
+
+
+def test_the_trainer_refuses_sizes_over_the_model_and_a_collator_without_the_ids(tmp_path, caplog):
+    from e5mistral.errors import UserError
+    from e5mistral.testing import make_tiny_model, make_tiny_tokenizer
+    from e5mistral.training.objectives import loss_for_args
+    from e5mistral.training.trainer import E5Trainer
+
+    tokenizer = make_tiny_tokenizer()
+    model = make_tiny_model(tokenizer)  # hidden size 32
+    for field, value in (("matryoshka_dims", [64, 32]), ("truncate_dim", 33)):
+        args = E5TrainingArguments(output_dir=str(tmp_path), report_to="none", **{field: value})
+        with pytest.raises(UserError, match=rf"{field}=.*embedding size 32") as error:
+            E5Trainer(model, args, processing_class=tokenizer)
+        assert "\n" not in str(error.value)
+    with caplog.at_level("WARNING"):
+        args = E5TrainingArguments(output_dir=str(tmp_path), report_to="none", matryoshka_dims=[16, 8], truncate_dim=4)
+        E5Trainer(model, args, processing_class=tokenizer)
+    assert "leaves out the full size 32" in caplog.text
+    assert "truncate_dim=4 is not among the trained sizes" in caplog.text
+    args = E5TrainingArguments(output_dir=str(tmp_path), report_to="none", loss_directions=list(ALL))
+    with pytest.raises(UserError, match=r"need the batch keys \['query_ids', 'document_rows', 'task_ids'\]"):
+        loss_for_args(args, torch.randn(2, 4), torch.randn(2, 4), {"document_ids": torch.arange(2)}, gather=False)
+
+
+def test_hard_negatives_only_tasks_with_same_task_batches(tmp_path):
+    """Same-task batches: a restricted batch's loss is its rows' own-candidate InfoNCE (by hand)."""
+    from datasets import Dataset
+
+    from e5mistral.testing import make_tiny_model, make_tiny_tokenizer, make_training_rows
+    from e5mistral.training.collator import E5Collator
+    from e5mistral.training.trainer import E5Trainer
+
+    tokenizer = make_tiny_tokenizer()
+    rows = make_training_rows(8, negatives=1, task="clustering") + make_training_rows(8, negatives=1, task="retrieval")
+    args = E5TrainingArguments(
+        output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=4, same_task_batches=True,
+        hard_negatives_only_tasks=["clustering"], temperature=0.05, max_steps=4, save_strategy="no",
+        disable_tqdm=True, dataloader_pin_memory=False,
+    )
+    dataset = Dataset.from_list(rows)
+    trainer = E5Trainer(make_tiny_model(tokenizer), args, train_dataset=dataset, processing_class=tokenizer)
+    collate = E5Collator(tokenizer)
+    seen = set()
+    for batch_rows in (rows[:4], rows[8:12]):
+        batch = collate(batch_rows)
+        with torch.no_grad():
+            loss = trainer.compute_loss(trainer.model, batch)
+            q = trainer.model(**batch["query"]).pooler_output
+            d = trainer.model(**batch["document"]).pooler_output
+        restricted = batch_rows[0]["task"] == "clustering"
+        own = [[i, 4 + i] if restricted else list(range(8)) for i in range(4)]  # p_i, n_i (one each) or all
+        s = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(d, dim=-1).T / 0.05
+        expected = torch.stack([torch.logsumexp(s[i, own[i]], 0) - s[i, i] for i in range(4)]).mean()
+        assert_close(loss, expected, rtol=1e-5)
+        seen.add(round(loss.item(), 4))
+    assert len(seen) == 2
+    trainer.train()  # and a run of same-task batches with the option trains
+    assert trainer.state.global_step == 4

@@ -93,25 +93,23 @@ class E5TrainingArguments(TrainingArguments):
     loss_directions: list[str] = field(
         default_factory=lambda: ["query_to_doc"],
         metadata={
-            "help": "InfoNCE terms (GTE / Qwen3-Embedding's improved contrastive loss): query_to_doc (the recipe, "
-            "required), and any of query_to_query, doc_to_query, doc_to_doc, which add same-side and reverse scores "
-            "of every row to its softmax (false negatives masked in each). Example: query_to_doc query_to_query "
-            "doc_to_query doc_to_doc.",
+            "help": "InfoNCE terms: query_to_doc (the recipe, required) plus any of query_to_query, doc_to_query, "
+            "doc_to_doc (GTE / Qwen3-Embedding's improved contrastive loss; duplicates masked in each).",
         },
     )
     loss_partition: str = field(
         default="joint",
         metadata={
-            "help": "With several loss_directions: joint (one softmax over all their scores) or per_direction (one "
-            "per direction, log-partitions averaged; query_to_doc and doc_to_query only).",
+            "help": "joint (one softmax over all loss_directions) or per_direction (log-partitions averaged; "
+            "query_to_doc and doc_to_query only).",
             "choices": ["joint", "per_direction"],
         },
     )
     matryoshka_dims: list[int] | None = field(
         default=None,
         metadata={
-            "help": "Matryoshka training: also train these embedding prefixes (each re-normalised), losses weighted "
-            "and summed, e.g. 4096 1024 256 (include the full size). Unset: the full embedding only (the recipe)."
+            "help": "Matryoshka: train these embedding prefixes (re-normalised), losses summed, e.g. 4096 1024 256 "
+            "(include the full size). Unset: the recipe."
         },
     )
     matryoshka_weights: list[float] | None = field(
@@ -121,17 +119,15 @@ class E5TrainingArguments(TrainingArguments):
     truncate_dim: int | None = field(
         default=None,
         metadata={
-            "help": "Write this embedding size into the saved folder's config_sentence_transformers.json "
-            "(SentenceTransformer and E5Embedder.from_pretrained then keep the first truncate_dim dimensions); "
-            "train it with matryoshka_dims. Unset: full embeddings."
+            "help": "Embedding size the saved folder's loaders keep (config_sentence_transformers.json, read by "
+            "SentenceTransformer and E5Embedder); train it in matryoshka_dims."
         },
     )
     hard_negatives_only_tasks: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Rows whose `task` is listed are scored against their own positive and hard negatives only (no "
-            "in-batch or cross-device negatives), as SFR-Embedding does for classification and clustering; e.g. "
-            "classification clustering. Combines with same_task_batches."
+            "help": "Rows of these tasks (e.g. classification clustering) are scored against their own positive and "
+            "hard negatives only, no in-batch negatives (SFR-Embedding)."
         },
     )
     keep_adapter: bool = field(
@@ -209,15 +205,18 @@ def check_loss_options(args: E5TrainingArguments) -> None:
         )
     dims = args.matryoshka_dims
     if dims is not None:
-        if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims) or len(set(dims)) != len(dims):
+        bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, int) or d < 1]
+        if not dims or bad or len(set(dims)) != len(dims):
             raise ValueError(
-                f"matryoshka_dims={dims} must be distinct positive integers, e.g. [4096, 1024, 256]; unset for the recipe."
+                f"matryoshka_dims={dims} must be distinct positive integers, e.g. [4096, 1024, 256]; "
+                "unset for the recipe."
             )
     weights = args.matryoshka_weights
     if weights is not None:
         if dims is None or len(weights) != len(dims):
             raise ValueError(
-                f"matryoshka_weights={weights} needs one weight per matryoshka_dims entry ({dims}); set both or neither."
+                f"matryoshka_weights={weights} needs one weight per matryoshka_dims entry ({dims}); "
+                "set both or neither."
             )
         if any(not (w >= 0) or w == float("inf") for w in weights) or not any(w > 0 for w in weights):
             raise ValueError(f"matryoshka_weights={weights} must be finite, >= 0 and not all 0.")

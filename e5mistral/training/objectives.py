@@ -34,6 +34,7 @@ Layout (one process; :func:`gather_batch` concatenates the processes' blocks in 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ from torch import Tensor
 from e5mistral.training.loss import gather_documents
 
 __all__ = ["DIRECTIONS", "PARTITIONS", "Batch", "batch_row_ids", "contrastive_loss", "gather_batch"]
+
+logger = logging.getLogger(__name__)
 
 DIRECTIONS = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
 PARTITIONS = ("joint", "per_direction")
@@ -105,6 +108,12 @@ def gather_batch(
 
     Gradients flow back to each block's owner (:func:`~e5mistral.training.loss.gather_documents`);
     the local rows' labels and the documents' row indices are shifted to the gathered layout.
+
+    Example (one process: nothing to gather):
+        >>> q, d = torch.randn(2, 4), torch.randn(3, 4)   # 2 rows; p0, p1, n0
+        >>> b = gather_batch(q, d, torch.tensor([7, 8]), torch.tensor([0, 1, 2]), batch_row_ids(2, [1, 0]), True)
+        >>> b.labels.tolist(), b.q_offset, b.query_positive_ids.tolist(), b.document_rows.tolist()
+        ([0, 1], 0, [0, 1], [0, 1, 0])
     """
     num_queries = queries.shape[0]
     positive_ids = document_ids[:num_queries]  # (B,) the collator puts the positives first
@@ -275,8 +284,20 @@ def check_dims(args, config) -> None:
             f"matryoshka_dims={args.matryoshka_dims}: {too_big} exceed the model's embedding size {hidden}; "
             f"use sizes <= {hidden} (and include {hidden} itself)."
         )
+    if args.matryoshka_dims and hidden and hidden not in args.matryoshka_dims:
+        logger.warning(
+            f"matryoshka_dims={args.matryoshka_dims} leaves out the full size {hidden}: full embeddings are not "
+            f"trained; add {hidden} unless every user truncates."
+        )
+    if args.truncate_dim is not None and args.truncate_dim not in (args.matryoshka_dims or [hidden]):
+        logger.warning(
+            f"truncate_dim={args.truncate_dim} is not among the trained sizes {args.matryoshka_dims or [hidden]}: "
+            "loaders will keep a prefix this run did not train; add it to matryoshka_dims."
+        )
     if args.truncate_dim is not None and hidden and args.truncate_dim > hidden:
-        raise UserError(f"truncate_dim={args.truncate_dim} exceeds the model's embedding size {hidden}; use <= {hidden}.")
+        raise UserError(
+            f"truncate_dim={args.truncate_dim} exceeds the model's embedding size {hidden}; use <= {hidden}."
+        )
 
 
 def loss_for_args(args, queries: Tensor, documents: Tensor, inputs: dict, gather: bool) -> tuple[Tensor, Tensor]:
@@ -284,6 +305,10 @@ def loss_for_args(args, queries: Tensor, documents: Tensor, inputs: dict, gather
 
     ``queries`` (B, H) and ``documents`` (D, H) are this process's embeddings; ``inputs`` holds
     ``document_ids``, ``query_ids``, ``document_rows`` and ``task_ids`` (:class:`E5Collator`).
+
+    Example:
+        >>> # in E5Trainer.compute_loss, on the (possibly GradCache-cached) embeddings of a batch:
+        >>> # loss, accuracy = loss_for_args(self.args, queries, documents, inputs, gather=True)
     """
     from e5mistral.errors import UserError
     from e5mistral.training.loss import text_ids

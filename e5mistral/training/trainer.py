@@ -5,9 +5,9 @@ What it changes in `transformers.Trainer`, and nothing else:
 - ``compute_loss``: InfoNCE of the queries against all documents of the batch (and, with several
   processes, of all processes), through GradCache when ``mini_batch_size`` is set; in-batch
   accuracy is logged next to the loss. The options beyond the recipe (loss directions, Matryoshka,
-  hard-negatives-only tasks) go through :mod:`e5mistral.training.objectives`. A non-finite embedding or loss stops training with a
-  ``FloatingPointError`` naming the step, the batch rows and their texts; a batch of one row
-  (no in-batch negatives) is warned about once.
+  hard-negatives-only tasks) go through :mod:`e5mistral.training.objectives`. A non-finite
+  embedding or loss stops training with a ``FloatingPointError`` naming the step, the batch rows
+  and their texts; a batch of one row (no in-batch negatives) is warned about once.
 - the column signature: the rows' text columns reach the collator (the model takes token ids).
 - ``get_train_dataloader``: the duplicate-free / same-task batch sampler when asked for.
 - ``evaluate``: retrieval metrics (nDCG@10, MRR@10, Recall@k...) on a dev split: each dev row's
@@ -207,7 +207,6 @@ class E5Trainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """InfoNCE over the batch (see ``e5mistral.training.loss``); GradCache when ``mini_batch_size`` is set."""
-        document_ids = inputs["document_ids"]  # (D,)
         gather = self.args.gather_across_devices and self.args.world_size > 1
 
         def loss_from_embeddings(queries: torch.Tensor, documents: torch.Tensor):  # (B, H), (D, H)
@@ -216,7 +215,7 @@ class E5Trainer(Trainer):
             if options_in_use(self.args):  # directions, Matryoshka, hard-negatives-only rows (objectives)
                 loss, accuracy = loss_for_args(self.args, queries, documents, inputs, gather)
             else:  # the recipe
-                ids, offset = document_ids, 0
+                ids, offset = inputs["document_ids"], 0  # (D,)
                 if gather:
                     documents, ids, offset = gather_documents(documents, ids)  # (sum D_r, H), (sum D_r,)
                 labels = offset + torch.arange(queries.shape[0], device=queries.device)  # (B,)
@@ -401,8 +400,9 @@ class E5Trainer(Trainer):
         else:
             merged = E5MistralModel.from_pretrained(str(staging), dtype=dtype)
         max_seq_length = clamp_max_length(self.args.passage_max_length, merged.config, "passage_max_length")
+        truncate_dim = self.args.truncate_dim  # written into config_sentence_transformers.json
         save_model_folder(
-            merged, self.processing_class, output_dir, max_seq_length=max_seq_length, truncate_dim=self.args.truncate_dim
+            merged, self.processing_class, output_dir, max_seq_length=max_seq_length, truncate_dim=truncate_dim
         )
         if not (is_peft and self.args.keep_adapter):
             shutil.rmtree(staging)
