@@ -392,6 +392,14 @@ def test_the_trainer_refuses_sizes_over_the_model_and_a_collator_without_the_ids
         E5Trainer(model, args, processing_class=tokenizer)
     assert "leaves out the full size 32" in caplog.text
     assert "truncate_dim=4 is not among the trained sizes" in caplog.text
+    from datasets import Dataset
+
+    from e5mistral.testing import make_training_rows
+
+    with caplog.at_level("WARNING"):
+        args = E5TrainingArguments(output_dir=str(tmp_path), report_to="none", hard_negatives_only_tasks=["clustring"])
+        E5Trainer(model, args, train_dataset=Dataset.from_list(make_training_rows(4)), processing_class=tokenizer)
+    assert "no training row has task ['clustring']; the rows' tasks are ['retrieval']" in caplog.text
     args = E5TrainingArguments(output_dir=str(tmp_path), report_to="none", loss_directions=list(ALL))
     with pytest.raises(UserError, match=r"need the batch keys \['query_ids', 'document_rows', 'task_ids'\]"):
         loss_for_args(args, torch.randn(2, 4), torch.randn(2, 4), {"document_ids": torch.arange(2)}, gather=False)
@@ -431,3 +439,37 @@ def test_hard_negatives_only_tasks_with_same_task_batches(tmp_path):
     assert len(seen) == 2
     trainer.train()  # and a run of same-task batches with the option trains
     assert trainer.state.global_step == 4
+
+
+def test_the_final_save_records_the_options_and_truncate_dim(tmp_path):
+    """E5Trainer.save_merged_model: truncate_dim in the ST config, loss_options in training_info, the card."""
+    import json
+
+    from datasets import Dataset
+
+    from e5mistral import E5MistralModel
+    from e5mistral.testing import make_tiny_model_folder, make_tiny_tokenizer, make_training_rows
+    from e5mistral.training.trainer import E5Trainer
+
+    base = make_tiny_model_folder(tmp_path / "base")
+    args = E5TrainingArguments(
+        output_dir=str(tmp_path / "out"), report_to="none", per_device_train_batch_size=4, max_steps=1,
+        save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False, mini_batch_size=2,
+        loss_directions=["query_to_doc", "doc_to_query"], loss_partition="per_direction",
+        matryoshka_dims=[32, 8], truncate_dim=8,
+    )
+    trainer = E5Trainer(
+        E5MistralModel.from_pretrained(base).train(), args,
+        train_dataset=Dataset.from_list(make_training_rows(8)), processing_class=make_tiny_tokenizer(),
+    )
+    trainer.train()
+    folder = trainer.save_merged_model(str(tmp_path / "final"))
+    assert json.loads((folder / "config_sentence_transformers.json").read_text())["truncate_dim"] == 8
+    info = json.loads((folder / "training_info.json").read_text())
+    assert info["loss_options"] == {
+        "loss_directions": ["query_to_doc", "doc_to_query"], "loss_partition": "per_direction",
+        "matryoshka_dims": [32, 8],
+    }
+    card = (folder / "README.md").read_text()
+    assert "| Matryoshka dimensions | 32, 8 |" in card and "| InfoNCE partition | per_direction |" in card
+    assert "keep the first 8" in card

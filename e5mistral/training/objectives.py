@@ -300,6 +300,20 @@ def check_dims(args, config) -> None:
         )
 
 
+def check_tasks(args, dataset) -> None:
+    """Warn when ``hard_negatives_only_tasks`` names tasks no training row has (a typo trains the recipe)."""
+    if not args.hard_negatives_only_tasks or dataset is None or "task" not in getattr(dataset, "column_names", []):
+        return
+    present = set(dataset.unique("task")) if hasattr(dataset, "unique") else set(dataset["task"])
+    absent = [t for t in args.hard_negatives_only_tasks if t not in present]
+    if absent:
+        shown = sorted(map(str, present))[:10]
+        logger.warning(
+            f"hard_negatives_only_tasks: no training row has task {absent}; the rows' tasks are {shown}"
+            f"{' ...' if len(present) > 10 else ''}. Those names change nothing: check their spelling."
+        )
+
+
 def loss_for_args(args, queries: Tensor, documents: Tensor, inputs: dict, gather: bool) -> tuple[Tensor, Tensor]:
     """:func:`contrastive_loss` with ``args``'s options on the collator's batch ``inputs``.
 

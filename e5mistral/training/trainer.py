@@ -54,7 +54,7 @@ from e5mistral.training.gradcache import embed_length_sorted, grad_cache
 from e5mistral.training.interrupt import StopOnInterrupt
 from e5mistral.training.log_lines import LogLinePrinter, LogLineProgress
 from e5mistral.training.loss import gather_documents, info_nce
-from e5mistral.training.objectives import check_dims, loss_for_args, options_in_use
+from e5mistral.training.objectives import check_dims, check_tasks, loss_for_args, options_in_use
 from e5mistral.training.run_record import RunRecord
 from e5mistral.training.sampler import E5BatchSampler
 from e5mistral.training.sharded import model_for_evaluation, own_class
@@ -112,6 +112,7 @@ class E5Trainer(Trainer):
         for name in ("query_max_length", "passage_max_length"):
             setattr(args, name, clamp_max_length(getattr(args, name), max_positions, name))
         check_dims(args, model.config)
+        check_tasks(args, train_dataset)
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
         if data_collator is None:
