@@ -9,11 +9,14 @@ cached) embeddings, so one backward serves them all:
   (``s(d_i, d_k)``, the documents of row ``i`` itself excluded) scores; the positive is always
   ``s(q_i, d_i)``. ``partition="joint"`` puts every term in one denominator,
   ``"per_direction"`` averages one log-partition per direction (query -> document and
-  document -> query only: the other two hold no positive).
+  document -> query only: the other two hold no positive). The names are those of
+  sentence-transformers' ``MultipleNegativesRankingLoss(directions=...)``, whose losses these equal
+  on the same embeddings (tests/test_objectives.py).
 - **Matryoshka** (Kusupati et al., 2022): the loss at each prefix length ``dims[k]`` of the
   embeddings (each prefix re-normalised), weighted and summed.
 - **hard-negatives-only rows** (SFR-Embedding): a ``restricted`` row is scored against its own
-  positive and its own hard negatives only: no in-batch, cross-device or extra-direction terms.
+  positive and its own hard negatives only: no in-batch, cross-device or extra-direction terms
+  (under ``per_direction`` its loss is its query -> document term alone).
 
 False negatives are masked in every term, by text id (:func:`~e5mistral.training.loss.text_ids`):
 with ``p_i`` the id of row ``i``'s positive and ``u_i`` of its query,
@@ -27,7 +30,7 @@ with ``p_i`` the id of row ``i``'s positive and ``u_i`` of its query,
 Layout (one process; :func:`gather_batch` concatenates the processes' blocks in rank order)::
 
     queries       (Q, H)   all queries; the local ones are rows q_offset .. q_offset + B - 1
-    documents     (D, H)   positives of every row first, then hard negatives (the collator's layout)
+    documents     (D, H)   per process: its rows' positives, then their hard negatives (the collator's)
     labels        (B,)     index in documents of each local query's positive
     document_rows (D,)     the global query row each document belongs to
 """
@@ -45,7 +48,18 @@ from torch import Tensor
 
 from e5mistral.training.loss import gather_documents
 
-__all__ = ["DIRECTIONS", "PARTITIONS", "Batch", "batch_row_ids", "contrastive_loss", "gather_batch"]
+__all__ = [
+    "DIRECTIONS",
+    "PARTITIONS",
+    "Batch",
+    "batch_row_ids",
+    "check_dims",
+    "check_tasks",
+    "contrastive_loss",
+    "gather_batch",
+    "loss_for_args",
+    "options_in_use",
+]
 
 logger = logging.getLogger(__name__)
 
