@@ -473,3 +473,22 @@ def test_the_final_save_records_the_options_and_truncate_dim(tmp_path):
     card = (folder / "README.md").read_text()
     assert "| Matryoshka dimensions | 32, 8 |" in card and "| InfoNCE partition | per_direction |" in card
     assert "keep the first 8" in card
+
+
+def test_the_collator_names_each_documents_row_and_the_query_and_task_ids():
+    from e5mistral.instructions import format_query
+    from e5mistral.testing import make_tiny_tokenizer
+    from e5mistral.training.collator import E5Collator
+
+    rows = [
+        {"query": "a", "positive": "pa", "negatives": ["na1", "na2"], "instruction": "Find the passage", "task": "clustering"},
+        {"query": "b", "positive": "pb", "negatives": [], "instruction": "", "task": "retrieval"},
+        {"query": "c", "positive": "pc", "negatives": ["nc1"], "instruction": "Find the passage"},  # no task column
+    ]
+    batch = E5Collator(make_tiny_tokenizer(), num_negatives=None)(rows)
+    assert batch["document_rows"].tolist() == [0, 1, 2, 0, 0, 2]  # pa pb pc na1 na2 nc1
+    queries = [format_query(r["instruction"], r["query"]) for r in rows]
+    assert batch["query_ids"].tolist() == text_ids(queries).tolist()
+    assert batch["task_ids"].tolist() == text_ids(["clustering", "retrieval", ""]).tolist()
+    one = E5Collator(make_tiny_tokenizer(), num_negatives=1)(rows)
+    assert one["document_rows"].tolist() == [0, 1, 2, 0, 2]  # only each row's first hard negative
