@@ -28,6 +28,33 @@ def _check_texts(texts, what: str) -> list[str]:
     return texts
 
 
+def _check_truncate_dim(truncate_dim, hidden: int) -> int | None:
+    if truncate_dim is not None and (isinstance(truncate_dim, bool) or not 0 < int(truncate_dim) <= hidden):
+        raise ValueError(
+            f"E5Embedder: truncate_dim={truncate_dim} must be in 1..{hidden} (the embedding size), or None."
+        )
+    return truncate_dim
+
+
+def _saved_truncate_dim(name_or_path, revision: str | None = None) -> int | None:
+    """``truncate_dim`` of a folder's or Hub repository's ``config_sentence_transformers.json`` (None if absent)."""
+    import json
+
+    from transformers.utils import cached_file
+
+    path = cached_file(
+        str(name_or_path),
+        "config_sentence_transformers.json",
+        revision=revision,
+        _raise_exceptions_for_missing_entries=False,
+        _raise_exceptions_for_connection_errors=False,
+    )
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("truncate_dim")
+
+
 class E5Embedder:
     """Encode texts with an E5-mistral model and its tokenizer.
 
@@ -39,6 +66,10 @@ class E5Embedder:
             model's ``max_position_embeddings``.
         batch_size: the most texts per forward pass (fewer where a batch would otherwise pad a lot).
         device: where to run; defaults to the model's device.
+        truncate_dim: keep the first ``truncate_dim`` dimensions of every embedding, re-normalised
+            (a Matryoshka-trained model, see ``matryoshka_dims``); None: the full size.
+            :meth:`from_pretrained` takes it from the folder's ``config_sentence_transformers.json``
+            (as ``SentenceTransformer`` does) unless given.
 
     Example:
 
@@ -50,7 +81,15 @@ class E5Embedder:
     ```
     """
 
-    def __init__(self, model, tokenizer, max_length: int = 512, batch_size: int = 32, device=None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        max_length: int = 512,
+        batch_size: int = 32,
+        device=None,
+        truncate_dim: int | None = None,
+    ):
         check_eos(tokenizer)
         check_pad_token(tokenizer, "E5Embedder")
         if max_length < 2:
@@ -61,6 +100,7 @@ class E5Embedder:
         self.tokenizer = tokenizer
         self.max_length = clamp_max_length(max_length, getattr(model, "config", None), "E5Embedder max_length")
         self.batch_size = batch_size
+        self.truncate_dim = _check_truncate_dim(truncate_dim, model.config.hidden_size)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
 
     @classmethod
@@ -93,6 +133,8 @@ class E5Embedder:
             model = E5MistralModel.from_pretrained(name_or_path, revision=revision, dtype=dtype)
         if device is not None:
             model = model.to(device)
+        if "truncate_dim" not in kwargs:
+            kwargs["truncate_dim"] = _saved_truncate_dim(name_or_path, revision)
         return cls(model.eval(), tokenizer, device=device, **kwargs)
 
     def encode(
@@ -102,6 +144,7 @@ class E5Embedder:
         batch_size: int | None = None,
         show_progress_bar: bool | None = None,
         max_length: int | None = None,
+        truncate_dim: int | None = None,
     ) -> torch.Tensor:
         """Embed ``texts`` as they are (no instruction added).
 
@@ -109,17 +152,22 @@ class E5Embedder:
         An empty or whitespace-only string is embedded as it is (its tokens, then EOS), so corpora
         with empty documents keep their row order; a text over ``max_length`` tokens is truncated
         with its EOS kept. A ``max_length`` over the model's ``max_position_embeddings`` is capped
-        at it, with a warning.
+        at it, with a warning. ``truncate_dim`` (default: the embedder's) keeps the first
+        dimensions, re-normalised when the model normalises.
 
         Returns:
-            `(len(texts), hidden)` float32 CPU tensor, rows in input order.
+            `(len(texts), hidden)` (or `(len(texts), truncate_dim)`) float32 CPU tensor, rows in input order.
+
+        Example:
+            >>> embedder.encode(["hello"], truncate_dim=256).shape   # doctest: +SKIP
+            torch.Size([1, 256])
         """
         texts = _check_texts(texts, "texts")
         batch_size = batch_size or self.batch_size
         max_length = clamp_max_length(max_length or self.max_length, self.model.config, "max_length")
         hidden = self.model.config.hidden_size
         if not texts:
-            return torch.empty(0, hidden)
+            return torch.empty(0, truncate_dim or self.truncate_dim or hidden)
         encoded = self.tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # longest first: OOM shows at once
         lengths = [len(encoded[i]) for i in order]
@@ -141,6 +189,11 @@ class E5Embedder:
                     out[idx] = emb.float().cpu()
         finally:
             self.model.train(was_training)
+        dim = _check_truncate_dim(truncate_dim, hidden) or self.truncate_dim
+        if dim is not None and dim < hidden:
+            out = out[:, :dim]  # (N, dim)
+            if getattr(self.model.config, "normalize", True):
+                out = torch.nn.functional.normalize(out, dim=-1)
         return out
 
     def encode_queries(self, queries: Sequence[str], instruction: str | None = None, **kwargs) -> torch.Tensor:

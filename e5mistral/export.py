@@ -20,6 +20,7 @@ def save_model_folder(
     max_seq_length: int = 512,
     prompts: dict[str, str] | None = None,
     max_shard_size: str = "5GB",
+    truncate_dim: int | None = None,
 ) -> Path:
     """Write ``model`` and ``tokenizer`` as a Hub-ready embedding-model folder.
 
@@ -32,6 +33,9 @@ def save_model_folder(
             web-search instruction and an empty ``document`` prompt
             (:data:`e5mistral.modeling_e5mistral.DEFAULT_PROMPTS`).
         max_shard_size: passed to ``save_pretrained``.
+        truncate_dim: the embedding size loaders keep (a Matryoshka-trained model's); written as
+            ``truncate_dim`` in ``config_sentence_transformers.json``, which ``SentenceTransformer``
+            and :meth:`E5Embedder.from_pretrained` read. None: the full size.
 
     Returns:
         The folder, as a ``Path``.
@@ -57,7 +61,11 @@ def save_model_folder(
     check_eos(tokenizer)
     # E5MistralModel.save_pretrained writes the Sentence-Transformers files too (one implementation).
     model.save_pretrained(
-        out, max_shard_size=max_shard_size, max_seq_length=max_seq_length, sentence_transformers_prompts=prompts
+        out,
+        max_shard_size=max_shard_size,
+        max_seq_length=max_seq_length,
+        sentence_transformers_prompts=prompts,
+        sentence_transformers_truncate_dim=truncate_dim,
     )
     tokenizer.save_pretrained(out)
     return out

@@ -194,6 +194,7 @@ class E5EmbeddingMixin:
         *args,
         max_seq_length: int | None = None,
         sentence_transformers_prompts: dict[str, str] | None = None,
+        sentence_transformers_truncate_dim: int | None = None,
         **kwargs,
     ):
         """Save like any transformers model, plus the Sentence-Transformers files.
@@ -207,6 +208,7 @@ class E5EmbeddingMixin:
             max_seq_length: the Sentence-Transformers truncation length; defaults to 512 tokens, at
                 most ``config.max_position_embeddings``.
             sentence_transformers_prompts: named prompts; defaults to :data:`DEFAULT_PROMPTS`.
+            sentence_transformers_truncate_dim: written as ``truncate_dim`` (Matryoshka); None: full size.
             *args, **kwargs: as for `PreTrainedModel.save_pretrained`.
 
         Example:
@@ -226,7 +228,11 @@ class E5EmbeddingMixin:
         should_save = getattr(self, "should_save_on_this_rank", None)  # transformers 5: rank 0 only
         if should_save(is_main_process) if should_save is not None else is_main_process:
             write_sentence_transformers_files(
-                save_directory, self.config, max_seq_length=max_seq_length, prompts=sentence_transformers_prompts
+                save_directory,
+                self.config,
+                max_seq_length=max_seq_length,
+                prompts=sentence_transformers_prompts,
+                truncate_dim=sentence_transformers_truncate_dim,
             )
         return result
 

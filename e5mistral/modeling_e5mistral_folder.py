@@ -18,12 +18,19 @@ DEFAULT_MAX_SEQ_LENGTH = 512
 
 
 def sentence_transformers_files(
-    hidden_size: int, max_seq_length: int, prompts: dict[str, str], pooling: str = "last_token", normalize: bool = True
+    hidden_size: int,
+    max_seq_length: int,
+    prompts: dict[str, str],
+    pooling: str = "last_token",
+    normalize: bool = True,
+    truncate_dim: int | None = None,
 ) -> dict[str, dict | list]:
     """The Sentence-Transformers configuration files, as ``{relative path: JSON content}``.
 
     Transformer -> Pooling (``lasttoken`` or ``mean``) -> Normalize (when ``normalize``), with
-    named ``prompts`` and cosine similarity.
+    named ``prompts`` and cosine similarity. ``truncate_dim`` (a Matryoshka-trained model's
+    embedding size) goes into ``config_sentence_transformers.json``, which ``SentenceTransformer``
+    reads: it keeps the first ``truncate_dim`` dimensions (cosine similarity re-normalises them).
 
     Example:
 
@@ -40,6 +47,11 @@ def sentence_transformers_files(
     ]
     if normalize:
         modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    st_config = {"prompts": prompts, "default_prompt_name": None, "similarity_fn_name": "cosine"}
+    if truncate_dim is not None:
+        if not 0 < truncate_dim <= hidden_size:
+            raise ValueError(f"truncate_dim={truncate_dim} must be in 1..{hidden_size} (the embedding size).")
+        st_config["truncate_dim"] = truncate_dim
     return {
         "modules.json": modules,
         "sentence_bert_config.json": {"max_seq_length": max_seq_length, "do_lower_case": False},
@@ -48,16 +60,12 @@ def sentence_transformers_files(
             "pooling_mode": st_pooling,
             "include_prompt": True,
         },
-        "config_sentence_transformers.json": {
-            "prompts": prompts,
-            "default_prompt_name": None,
-            "similarity_fn_name": "cosine",
-        },
+        "config_sentence_transformers.json": st_config,
     }
 
 
 def write_sentence_transformers_files(
-    folder, config, max_seq_length: int | None = None, prompts: dict[str, str] | None = None
+    folder, config, max_seq_length: int | None = None, prompts: dict[str, str] | None = None, truncate_dim=None
 ) -> None:
     """Write :func:`sentence_transformers_files` for a model with ``config`` into ``folder``.
 
@@ -74,7 +82,9 @@ def write_sentence_transformers_files(
         limit = getattr(config, "max_position_embeddings", None)
         max_seq_length = min(DEFAULT_MAX_SEQ_LENGTH, limit) if limit else DEFAULT_MAX_SEQ_LENGTH
     prompts = dict(DEFAULT_PROMPTS if prompts is None else prompts)
-    files = sentence_transformers_files(config.hidden_size, max_seq_length, prompts, config.pooling, config.normalize)
+    files = sentence_transformers_files(
+        config.hidden_size, max_seq_length, prompts, config.pooling, config.normalize, truncate_dim
+    )
     for rel, content in files.items():
         path = os.path.join(folder, *rel.split("/"))
         os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -60,6 +60,11 @@ HYPERPARAMETERS = {
     "gather_across_devices": "negatives gathered across devices",
     "no_duplicates_in_batch": "no duplicate texts in a batch",
     "same_task_batches": "same-task batches",
+    "loss_directions": "InfoNCE directions",
+    "loss_partition": "InfoNCE partition",
+    "matryoshka_dims": "Matryoshka dimensions",
+    "matryoshka_weights": "Matryoshka weights",
+    "hard_negatives_only_tasks": "tasks scored on their hard negatives only",
     "bf16": "bf16",
     "fp16": "fp16",
     "gradient_checkpointing": "gradient checkpointing",
@@ -136,7 +141,8 @@ def collect_model_info(
 
     config = _read_json(config_path)
     st_config = _optional_json(model_dir / "sentence_bert_config.json") or {}
-    st_prompts = (_optional_json(model_dir / "config_sentence_transformers.json") or {}).get("prompts") or {}
+    st_files_config = _optional_json(model_dir / "config_sentence_transformers.json") or {}
+    st_prompts = st_files_config.get("prompts") or {}
     adapter = _optional_json(model_dir / "adapter" / "adapter_config.json") or {}
     args = load(training_args, "training_args.json")
     state = load(trainer_state, "trainer_state.json")
@@ -150,11 +156,16 @@ def collect_model_info(
         "normalize": config.get("normalize"),
         "bidirectional": bool(config.get("bidirectional")),
         "max_seq_length": st_config.get("max_seq_length"),
+        "truncate_dim": st_files_config.get("truncate_dim"),
         "num_parameters": _num_parameters(model_dir),
         "weights_dtype": config.get("dtype") or config.get("torch_dtype"),
     }
+    if args.get("loss_directions") in (["query_to_doc"], ("query_to_doc",)):  # the recipe's: not an option used
+        args = {k: v for k, v in args.items() if k not in ("loss_directions", "loss_partition")}
     hyperparameters = {
-        label: _plain(args[key]) for key, label in HYPERPARAMETERS.items() if args.get(key) not in (None, "", [])
+        label: ", ".join(map(str, args[key])) if key.startswith("matryoshka") else _plain(args[key])
+        for key, label in HYPERPARAMETERS.items()
+        if args.get(key) not in (None, "", [])
     }
     if hyperparameters.get("max steps") is not None and hyperparameters["max steps"] <= 0:
         del hyperparameters["max steps"]  # -1 means "use epochs"

@@ -90,6 +90,46 @@ class E5TrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Draw each (global) batch from rows of a single `task`, so in-batch negatives are hard."},
     )
+    loss_directions: list[str] = field(
+        default_factory=lambda: ["query_to_doc"],
+        metadata={
+            "help": "InfoNCE terms: query_to_doc (the recipe, required) plus any of query_to_query, doc_to_query, "
+            "doc_to_doc (GTE / Qwen3-Embedding's improved contrastive loss; duplicates masked in each).",
+        },
+    )
+    loss_partition: str = field(
+        default="joint",
+        metadata={
+            "help": "joint (one softmax over all loss_directions) or per_direction (log-partitions averaged; "
+            "query_to_doc and doc_to_query only).",
+            "choices": ["joint", "per_direction"],
+        },
+    )
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Matryoshka: train these embedding prefixes (re-normalised), losses summed, e.g. 4096 1024 256 "
+            "(include the full size). Unset: the recipe."
+        },
+    )
+    matryoshka_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weights of the matryoshka_dims losses, one per dim (default 1 each)."},
+    )
+    truncate_dim: int | None = field(
+        default=None,
+        metadata={
+            "help": "Embedding size the saved folder's loaders keep (config_sentence_transformers.json, read by "
+            "SentenceTransformer and E5Embedder); train it in matryoshka_dims."
+        },
+    )
+    hard_negatives_only_tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Rows of these tasks (e.g. classification clustering) are scored against their own positive and "
+            "hard negatives only, no in-batch negatives (SFR-Embedding)."
+        },
+    )
     keep_adapter: bool = field(
         default=False,
         metadata={"help": "With LoRA, also keep the adapter alone in `<output_dir>/adapter` next to the merged model."},
@@ -118,6 +158,7 @@ class E5TrainingArguments(TrainingArguments):
             raise ValueError(
                 f"mini_batch_size={self.mini_batch_size} must be >= 1; leave it unset to turn GradCache off."
             )
+        check_loss_options(self)
         # A multi-process launch on a machine without GPUs trains on CPU over gloo (under the engine the
         # accelerate config asks for); see e5mistral.training.engines.
         require_engine_packages(self)
@@ -141,6 +182,52 @@ class E5TrainingArguments(TrainingArguments):
                 "each micro-batch has its own softmax. For a large contrastive batch, raise "
                 "per_device_train_batch_size and set mini_batch_size (GradCache) instead."
             )
+
+
+def check_loss_options(args: E5TrainingArguments) -> None:
+    """One clear ``ValueError`` line for a wrong loss option (``e5mistral.training.objectives``)."""
+    from e5mistral.training.objectives import DIRECTIONS, PARTITIONS
+
+    directions = list(args.loss_directions or [])
+    unknown = [d for d in directions if d not in DIRECTIONS]
+    if unknown or "query_to_doc" not in directions or len(set(directions)) != len(directions):
+        raise ValueError(
+            f"loss_directions={directions}: list each of {', '.join(DIRECTIONS)} at most once, query_to_doc "
+            "included (it holds the positive); the recipe is [query_to_doc]."
+        )
+    if args.loss_partition not in PARTITIONS:
+        raise ValueError(f"loss_partition={args.loss_partition!r} must be joint or per_direction.")
+    same_side = sorted(set(directions) & {"query_to_query", "doc_to_doc"})
+    if args.loss_partition == "per_direction" and same_side:
+        raise ValueError(
+            f"loss_partition=per_direction with loss_directions {same_side}: those terms hold no positive, so a "
+            "softmax of their own is ill-defined; use loss_partition=joint or drop them."
+        )
+    dims = args.matryoshka_dims
+    if dims is not None:
+        bad = [d for d in dims if isinstance(d, bool) or not isinstance(d, int) or d < 1]
+        if not dims or bad or len(set(dims)) != len(dims):
+            raise ValueError(
+                f"matryoshka_dims={dims} must be distinct positive integers, e.g. [4096, 1024, 256]; "
+                "unset for the recipe."
+            )
+    weights = args.matryoshka_weights
+    if weights is not None:
+        if dims is None or len(weights) != len(dims):
+            raise ValueError(
+                f"matryoshka_weights={weights} needs one weight per matryoshka_dims entry ({dims}); "
+                "set both or neither."
+            )
+        if any(not (w >= 0) or w == float("inf") for w in weights) or not any(w > 0 for w in weights):
+            raise ValueError(f"matryoshka_weights={weights} must be finite, >= 0 and not all 0.")
+    if args.truncate_dim is not None and (isinstance(args.truncate_dim, bool) or args.truncate_dim < 1):
+        raise ValueError(f"truncate_dim={args.truncate_dim} must be a positive integer, or unset for full embeddings.")
+    tasks = args.hard_negatives_only_tasks
+    if tasks is not None and (not tasks or not all(isinstance(t, str) and t.strip() for t in tasks)):
+        raise ValueError(
+            f"hard_negatives_only_tasks={tasks} must be non-empty task names (the rows' `task` values), e.g. "
+            "[classification, clustering]; unset for the recipe."
+        )
 
 
 @dataclass

@@ -16,16 +16,19 @@ from torch import Tensor
 from e5mistral.instructions import format_query
 from e5mistral.tokenization import check_eos, check_pad_token, clamp_max_length
 from e5mistral.training.loss import text_ids
+from e5mistral.training.objectives import batch_row_ids
 
 __all__ = ["E5Collator"]
 
 
 @dataclass
 class E5Collator:
-    """Collate training rows into ``{"query", "document", "document_ids"}``.
+    """Collate training rows into ``{"query", "document", "document_ids", "query_ids", "document_rows", "task_ids"}``.
 
     Documents are ``[positive_0 .. positive_{B-1}, hard negatives of row 0, of row 1, ...]``, so
-    query ``i``'s positive is document ``i``. Each row contributes its first ``num_negatives``
+    query ``i``'s positive is document ``i``; ``document_rows`` names each document's row and
+    ``query_ids`` / ``task_ids`` are text ids of the (instructed) queries and the rows' ``task``
+    (for the options of :mod:`e5mistral.training.objectives`). Each row contributes its first ``num_negatives``
     hard negatives (all of them when None); rows may have fewer.
 
     Args:
@@ -62,7 +65,7 @@ class E5Collator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         if not rows:
             raise ValueError("E5Collator got an empty batch (no rows); check the sampler and the dataset size.")
-        queries, positives, negatives = [], [], []
+        queries, positives, negatives, counts, tasks = [], [], [], [], []
         for position, row in enumerate(rows):
             query, positive = _text(row, "query", position), _text(row, "positive", position)
             instruction = row.get("instruction") or ""
@@ -71,12 +74,18 @@ class E5Collator:
             row_negatives = _negatives(row, position)
             queries.append(format_query(instruction, query))
             positives.append(positive)
-            negatives.extend(row_negatives if self.num_negatives is None else row_negatives[: self.num_negatives])
+            kept = row_negatives if self.num_negatives is None else row_negatives[: self.num_negatives]
+            negatives.extend(kept)
+            counts.append(len(kept))
+            tasks.append(row.get("task") or "")
         documents = positives + negatives
         return {
             "query": self.tokenize(queries, self.query_max_length),  # (B, Tq)
             "document": self.tokenize(documents, self.passage_max_length),  # (B + M, Td)
             "document_ids": text_ids(documents),  # (B + M,)
+            "query_ids": text_ids(queries),  # (B,)
+            "document_rows": batch_row_ids(len(rows), counts),  # (B + M,)
+            "task_ids": text_ids(tasks),  # (B,)
         }
 
     def tokenize(self, texts: list[str], max_length: int) -> dict[str, Tensor]:

@@ -8,7 +8,8 @@ trainer's final save (``save_merged_model``) has it write, on the main process:
 ``training_args.json``   the arguments (``hub_token`` masked)
 ``trainer_state.json``   steps and the log history
 ``training_info.json``   base model, dataset, row counts, processes, global batch, held-out before/after,
-                         and the decontamination (rows dropped per evaluation source) when it was on
+                         the decontamination (rows dropped per evaluation source) when it was on,
+                         the loss options beyond the recipe it used (``loss_options``)
 ``README.md``            ``model_card.md`` rendered from the three (:func:`e5mistral.hub.render_model_card`)
 
 These are the files :mod:`e5mistral.hub` reads when the folder is pushed. The base model and the
@@ -31,6 +32,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from e5mistral.training.log_lines import SHOWN_METRICS
+from e5mistral.training.objectives import options_in_use
 
 __all__ = ["SAMPLE_DATASET_LABEL", "TINY_BASE_MODEL_LABEL", "RunRecord"]
 
@@ -104,6 +106,9 @@ class RunRecord(TrainerCallback):
         }
         if self.decontamination is not None:
             info["decontamination"] = self.decontamination
+        loss_options = options_in_use(args)  # the options of issue #15 the run used (none: the recipe)
+        if loss_options:
+            info["loss_options"] = loss_options
         if self.before is not None and self.after is not None:
             dev = trainer.eval_dataset
             info["held_out_evaluation"] = {

@@ -4,9 +4,10 @@ What it changes in `transformers.Trainer`, and nothing else:
 
 - ``compute_loss``: InfoNCE of the queries against all documents of the batch (and, with several
   processes, of all processes), through GradCache when ``mini_batch_size`` is set; in-batch
-  accuracy is logged next to the loss. A non-finite embedding or loss stops training with a
-  ``FloatingPointError`` naming the step, the batch rows and their texts; a batch of one row
-  (no in-batch negatives) is warned about once.
+  accuracy is logged next to the loss. The options beyond the recipe (loss directions, Matryoshka,
+  hard-negatives-only tasks) go through :mod:`e5mistral.training.objectives`. A non-finite
+  embedding or loss stops training with a ``FloatingPointError`` naming the step, the batch rows
+  and their texts; a batch of one row (no in-batch negatives) is warned about once.
 - the column signature: the rows' text columns reach the collator (the model takes token ids).
 - ``get_train_dataloader``: the duplicate-free / same-task batch sampler when asked for.
 - ``evaluate``: retrieval metrics (nDCG@10, MRR@10, Recall@k...) on a dev split: each dev row's
@@ -53,6 +54,7 @@ from e5mistral.training.gradcache import embed_length_sorted, grad_cache
 from e5mistral.training.interrupt import StopOnInterrupt
 from e5mistral.training.log_lines import LogLinePrinter, LogLineProgress
 from e5mistral.training.loss import gather_documents, info_nce
+from e5mistral.training.objectives import check_dims, check_tasks, loss_for_args, options_in_use
 from e5mistral.training.run_record import RunRecord
 from e5mistral.training.sampler import E5BatchSampler
 from e5mistral.training.sharded import model_for_evaluation, own_class
@@ -109,6 +111,8 @@ class E5Trainer(Trainer):
         max_positions = getattr(model.config, "max_position_embeddings", None)
         for name in ("query_max_length", "passage_max_length"):
             setattr(args, name, clamp_max_length(getattr(args, name), max_positions, name))
+        check_dims(args, model.config)
+        check_tasks(args, train_dataset)
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
         if data_collator is None:
@@ -204,17 +208,19 @@ class E5Trainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """InfoNCE over the batch (see ``e5mistral.training.loss``); GradCache when ``mini_batch_size`` is set."""
-        document_ids = inputs["document_ids"]  # (D,)
         gather = self.args.gather_across_devices and self.args.world_size > 1
 
         def loss_from_embeddings(queries: torch.Tensor, documents: torch.Tensor):  # (B, H), (D, H)
             self._check_finite({"query": (queries, inputs["query"]), "document": (documents, inputs["document"])})
             self._warn_if_batch_of_one(queries.shape[0] * (self.args.world_size if gather else 1))
-            ids, offset = document_ids, 0
-            if gather:
-                documents, ids, offset = gather_documents(documents, ids)  # (sum D_r, H), (sum D_r,)
-            labels = offset + torch.arange(queries.shape[0], device=queries.device)  # (B,)
-            loss, accuracy = info_nce(queries, documents, labels, self.args.temperature, ids)
+            if options_in_use(self.args):  # directions, Matryoshka, hard-negatives-only rows (objectives)
+                loss, accuracy = loss_for_args(self.args, queries, documents, inputs, gather)
+            else:  # the recipe
+                ids, offset = inputs["document_ids"], 0  # (D,)
+                if gather:
+                    documents, ids, offset = gather_documents(documents, ids)  # (sum D_r, H), (sum D_r,)
+                labels = offset + torch.arange(queries.shape[0], device=queries.device)  # (B,)
+                loss, accuracy = info_nce(queries, documents, labels, self.args.temperature, ids)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"non-finite loss ({loss.item()}) at training step {self.state.global_step + 1} on a batch of "
@@ -397,6 +403,9 @@ class E5Trainer(Trainer):
         else:
             merged = E5MistralModel.from_pretrained(str(staging), dtype=dtype)
         max_seq_length = clamp_max_length(self.args.passage_max_length, merged.config, "passage_max_length")
-        save_model_folder(merged, self.processing_class, output_dir, max_seq_length=max_seq_length)
+        truncate_dim = self.args.truncate_dim  # written into config_sentence_transformers.json
+        save_model_folder(
+            merged, self.processing_class, output_dir, max_seq_length=max_seq_length, truncate_dim=truncate_dim
+        )
         if not (is_peft and self.args.keep_adapter):
             shutil.rmtree(staging)
