@@ -119,8 +119,8 @@ class E5TrainingArguments(TrainingArguments):
     truncate_dim: int | None = field(
         default=None,
         metadata={
-            "help": "Embedding size the saved folder's loaders keep (config_sentence_transformers.json, read by "
-            "SentenceTransformer and E5Embedder); train it in matryoshka_dims."
+            "help": "Embedding size the saved folder is loaded with (SentenceTransformer, E5Embedder); "
+            "one of matryoshka_dims."
         },
     )
     hard_negatives_only_tasks: list[str] | None = field(
@@ -254,9 +254,8 @@ class E5ModelConfig(ModelConfig):
     bidirectional: bool | None = field(
         default=None,
         metadata={
-            "help": "Remove the causal mask (llm2vec / NV-Embed): every token attends to every non-padding token. "
-            "Off in the recipe; unset keeps the checkpoint's (causal for a plain base model). Needs "
-            "attn_implementation eager or sdpa."
+            "help": "No causal mask (llm2vec / NV-Embed; eager or sdpa attention). Unset: the checkpoint's "
+            "(causal for a plain base model, as in the recipe)."
         },
     )
     tiny_model: bool = field(
@@ -308,10 +307,8 @@ class E5ScriptArguments:
     decontaminate_against: list[str] | None = field(
         default=None,
         metadata={
-            "help": "Evaluation data to keep out of training (off by default): BEIR folders (corpus.jsonl, "
-            "queries.jsonl), folders of .jsonl/.json/.parquet files, or such files. A training row is dropped "
-            "when its query, positive or a negative shares a word n-gram with them (e5mistral.decontamination); "
-            "the start prints how many, and training_info.json records it."
+            "help": "Evaluation data (BEIR folders, .jsonl/.json/.parquet files or folders of them): training "
+            "rows sharing a word n-gram with it are dropped and counted (e5mistral.decontamination)."
         },
     )
     decontamination_ngram: int = field(

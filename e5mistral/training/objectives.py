@@ -277,12 +277,13 @@ def options_in_use(args) -> dict:
         ...     matryoshka_dims=[8, 4], matryoshka_weights=None, hard_negatives_only_tasks=None))
         {'matryoshka_dims': [8, 4]}
     """
-    used = {}
-    if list(args.loss_directions) != ["query_to_doc"]:
-        used["loss_directions"] = list(args.loss_directions)
+    used = {}  # arguments without these fields (a plain TrainingArguments) use none of them
+    directions = list(getattr(args, "loss_directions", None) or ["query_to_doc"])
+    if directions != ["query_to_doc"]:
+        used["loss_directions"] = directions
         used["loss_partition"] = args.loss_partition
     for name in ("matryoshka_dims", "matryoshka_weights", "hard_negatives_only_tasks"):
-        if getattr(args, name):
+        if getattr(args, name, None):
             used[name] = list(getattr(args, name))
     return used
 
