@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModel
 from e5mistral import E5Embedder, E5MistralConfig, E5MistralModel, save_model_folder
 from e5mistral.modeling_e5mistral import E5_MODEL_CLASSES, CheckpointMismatchError, E5EmbeddingMixin
 from e5mistral.testing import (
+    WITHOUT_E5MISTRAL,
     BACKBONES,
     assert_close,
     fresh_process_env,
@@ -231,15 +232,8 @@ def test_checkpoint_with_a_missing_or_extra_weight_is_refused(folders, tmp_path,
 
 # ---------------------------------------------------------------------------------------------
 # One fresh process, without e5mistral, for every family: remote code and Sentence-Transformers.
-REMOTE = textwrap.dedent(
+REMOTE = WITHOUT_E5MISTRAL + textwrap.dedent(
     """
-    import json, sys
-    sys.modules["e5mistral"] = None  # make `import e5mistral` fail, whatever is installed
-    try:
-        import e5mistral  # noqa: F401
-        raise SystemExit("e5mistral is importable in the fresh process")
-    except ImportError:
-        pass
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer

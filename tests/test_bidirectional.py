@@ -20,6 +20,7 @@ from transformers import AutoModel
 from e5mistral import E5MistralConfig, E5MistralModel, save_model_folder
 from e5mistral.hub import render_model_card
 from e5mistral.testing import (
+    WITHOUT_E5MISTRAL,
     BACKBONES,
     assert_close,
     fresh_process_env,
@@ -176,15 +177,8 @@ def test_training_flag_sets_the_option_and_refuses_flash_attention(tokenizer, tm
 
 # ---------------------------------------------------------------------------------------------
 # Every path: the class, AutoModel with the package, remote code and Sentence-Transformers without it.
-REMOTE = textwrap.dedent(
+REMOTE = WITHOUT_E5MISTRAL + textwrap.dedent(
     """
-    import json, sys
-    sys.modules["e5mistral"] = None
-    try:
-        import e5mistral  # noqa: F401
-        raise SystemExit("e5mistral is importable in the fresh process")
-    except ImportError:
-        pass
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer

@@ -23,7 +23,7 @@ from e5mistral import E5MistralModel
 from e5mistral.cli.merge import main as merge_main
 from e5mistral.errors import UserError
 from e5mistral.merging import load_for_merge, merge_folders, merge_state_dicts, slerp
-from e5mistral.testing import assert_close, fresh_process_env, make_tiny_model_folder
+from e5mistral.testing import WITHOUT_E5MISTRAL, assert_close, fresh_process_env, make_tiny_model_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["how tall is mont blanc", "river mountain", "a coffee engine and a violin"]
@@ -106,15 +106,8 @@ def test_merge_refuses_mismatched_tensors_and_bad_arguments(folders):
         merge_state_dicts([a, b], "linear", weights=[0, 0])
 
 
-REMOTE = textwrap.dedent(
+REMOTE = WITHOUT_E5MISTRAL + textwrap.dedent(
     """
-    import json, sys
-    sys.modules["e5mistral"] = None
-    try:
-        import e5mistral  # noqa: F401
-        raise SystemExit("e5mistral is importable in the fresh process")
-    except ImportError:
-        pass
     import torch
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer

@@ -22,6 +22,7 @@ from ..tokenization import ensure_eos
 from .server import BEHAVIOURS, ScriptedServer, ServerProcess, always_valid, valid_answer
 
 __all__ = [
+    "WITHOUT_E5MISTRAL",
     "make_tiny_chat_model",
     "WORDS",
     "make_training_rows",
@@ -142,6 +143,20 @@ def make_tiny_model_folder(path, seed: int = 0, **config_overrides) -> Path:
     tokenizer = make_tiny_tokenizer()
     model = make_tiny_model(tokenizer, seed=seed, **config_overrides)
     return save_model_folder(model, tokenizer, path)
+
+
+# The first lines of a script run in a fresh process that must not import this package (remote code
+# and Sentence-Transformers on a saved folder, as on a machine without e5mistral): any `import
+# e5mistral` there raises ImportError, whatever is installed.
+WITHOUT_E5MISTRAL = """
+import json, sys
+sys.modules["e5mistral"] = None
+try:
+    import e5mistral  # noqa: F401
+    raise SystemExit("e5mistral is importable in the fresh process")
+except ImportError:
+    pass
+"""
 
 
 def fresh_process_env(tmp_path) -> dict:
