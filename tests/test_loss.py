@@ -8,9 +8,6 @@ half of the batch, and compares the weights with one process taking the step on 
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +16,7 @@ from torch import nn
 
 from e5mistral.training.gradcache import grad_cache
 from e5mistral.training.loss import gather_documents, info_nce, text_ids
-from e5mistral.testing import assert_close
+from e5mistral.testing import assert_close, run_gloo_workers
 
 
 def _manual_info_nce(q, d, labels, tau, excluded=()):
@@ -157,27 +154,8 @@ def _one_sgd_step(mini_batch_size: int | None, distributed: bool) -> dict[str, t
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_with_gathering_equal_one_process_with_the_double_batch(tmp_path: Path):
-    root = str(Path(__file__).resolve().parents[1])
-    pythonpath = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
-    env = {
-        **os.environ,
-        "PYTHONPATH": pythonpath,
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-        "WORLD_SIZE": "2",
-    }
-    workers = [
-        subprocess.Popen([sys.executable, __file__, "--worker", str(tmp_path)], env={**env, "RANK": str(rank)})
-        for rank in range(2)
-    ]
-    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    run_gloo_workers(__file__, "--worker", str(tmp_path))
 
     torch.manual_seed(0)
     start = ToyEncoder().state_dict()

@@ -8,15 +8,12 @@ hard-negatives-only row on each rank.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from e5mistral.testing import assert_close
+from e5mistral.testing import assert_close, run_gloo_workers
 from e5mistral.training.loss import text_ids
 from e5mistral.training.objectives import batch_row_ids, contrastive_loss, gather_batch
 
@@ -63,26 +60,8 @@ def _loss(q, d, query_texts, doc_texts, owners, restricted, gather):
     return contrastive_loss(batch, TAU, restricted=restricted, **OPTIONS)[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path: Path):
-    root = str(Path(__file__).resolve().parents[1])
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-        "WORLD_SIZE": "2",
-    }
-    workers = [
-        subprocess.Popen([sys.executable, __file__, "--worker", str(tmp_path)], env={**env, "RANK": str(rank)})
-        for rank in range(2)
-    ]
-    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    run_gloo_workers(__file__, "--worker", str(tmp_path))
 
     q, d, query_texts, doc_texts, owners, restricted, rows = full_batch()
     q.requires_grad_(), d.requires_grad_()

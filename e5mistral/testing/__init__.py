@@ -23,6 +23,7 @@ from .server import BEHAVIOURS, ScriptedServer, ServerProcess, always_valid, val
 
 __all__ = [
     "WITHOUT_E5MISTRAL",
+    "run_gloo_workers",
     "make_tiny_chat_model",
     "WORDS",
     "make_training_rows",
@@ -157,6 +158,37 @@ try:
 except ImportError:
     pass
 """
+
+
+def run_gloo_workers(script: str, *args: str, world_size: int = 2, timeout: float = 120) -> None:
+    """Run ``python script *args`` as ``world_size`` processes of one gloo group (``init_process_group("gloo")``
+    reads ``MASTER_ADDR``/``MASTER_PORT``/``WORLD_SIZE``/``RANK``), the repository on their path; assert
+    that every one exits 0. The worker should end with :func:`e5mistral.cli.common.exit_process`.
+
+    Example:
+        >>> run_gloo_workers(__file__, "--worker", str(tmp_path))  # doctest: +SKIP
+    """
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = str(Path(__file__).resolve().parents[2])
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": str(world_size),
+    }
+    workers = [
+        subprocess.Popen([sys.executable, script, *args], env={**env, "RANK": str(rank)}) for rank in range(world_size)
+    ]
+    codes = [worker.wait(timeout=timeout) for worker in workers]
+    assert codes == [0] * world_size, f"worker exit codes {codes}"
 
 
 def fresh_process_env(tmp_path) -> dict:
