@@ -203,6 +203,9 @@ def test_a_training_run_records_the_decontamination(tmp_path, capsys):
     )
     info = json.loads((out / "training_info.json").read_text())
     assert info["decontamination"]["dropped"] == 2 and info["decontamination"]["ngram"] == 4
+    card = (out / "README.md").read_text()
+    assert f"| decontaminated against | `{folder}` (4-word n-grams) |" in card
+    assert "| rows dropped by decontamination | 2 of 60 |" in card
 
 
 # ---- the generator's export ----

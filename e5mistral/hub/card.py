@@ -179,6 +179,13 @@ def collect_model_info(
 
     lora = {label: _plain(adapter[key]) for key, label in LORA_FIELDS.items() if adapter.get(key) is not None}
     training_data = {label: info[key] for key, label in TRAINING_DATA_FIELDS.items() if info.get(key) is not None}
+    decontamination = info.get("decontamination")
+    if decontamination:  # the run dropped rows overlapping evaluation data (training_info.json)
+        against = ", ".join(f"`{source}`" for source in decontamination.get("against", []))
+        training_data["decontaminated against"] = f"{against} ({decontamination.get('ngram')}-word n-grams)"
+        training_data["rows dropped by decontamination"] = (
+            f"{decontamination['dropped']} of {decontamination['rows']}"
+        )
     return {
         "architecture": {k: v for k, v in architecture.items() if v is not None},
         "prompts": st_prompts,
