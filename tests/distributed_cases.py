@@ -14,7 +14,9 @@ through ``E5Trainer``, the way ``scripts/train.py`` does, and leaves in ``DIR/<c
 
 Cases: ``plain`` (no GradCache, several length-sorted chunks per side), ``gradcache`` (mini-batches
 of 2 over rows with 0, 1 or 2 hard negatives, so processes cut different numbers of chunks),
-``lora_gradcache`` (LoRA through peft, GradCache, activation checkpointing) and ``tiny_bucket``
+``lora_gradcache`` (LoRA through peft, GradCache, activation checkpointing), ``options`` (``gradcache``
+with the options beyond the recipe together: bidirectional attention, all four loss directions,
+Matryoshka prefixes 32 and 8, hard-negatives-only rows of one task) and ``tiny_bucket``
 (``gradcache`` with a ZeRO-3 reduce bucket smaller than one weight: ZeRO-3 only).
 
 For benchmarks (``python -m benchmarks.engines``) the options after ``--cases`` size the run
@@ -80,6 +82,14 @@ def rows(n: int = 16, extra_words: int = 0) -> Dataset:
             }
         )
     return Dataset.from_list(out)
+
+
+# The "options" case: the loss options of E5TrainingArguments beyond the recipe, all at once.
+OPTIONS = {
+    "loss_directions": ["query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"],
+    "matryoshka_dims": [32, 8],
+    "hard_negatives_only_tasks": ["cls"],
+}
 
 
 @dataclass
@@ -184,17 +194,20 @@ def run_case(case: str, out: Path, base: Path, counters: Counters, settings: Set
         dataloader_pin_memory=False,
         seed=0,
         data_seed=0,
+        **(OPTIONS if case == "options" else {}),
     )
     folder.mkdir(parents=True, exist_ok=True)
     with args.main_process_first(desc="writing the base model"):
         if not (base / "config.json").exists():
             make_tiny_model_folder(base, seed=0, **settings.model_config)
     tokenizer = load_tokenizer(str(base))
-    model = E5MistralModel.from_pretrained(str(base))
+    model = E5MistralModel.from_pretrained(str(base), bidirectional=case == "options")
     peft_config = None
     if case == "lora_gradcache":
         peft_config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj", "down_proj"])
     train_rows = rows(settings.rows, settings.extra_words)
+    if case == "options":  # every fourth row a classification row: scored against its own documents only
+        train_rows = train_rows.map(lambda row, i: {"task": "cls" if i % 4 == 0 else "t"}, with_indices=True)
     trainer = E5Trainer(model, args, train_dataset=train_rows, processing_class=tokenizer, peft_config=peft_config)
     if case == "tiny_bucket":
         # Smaller than one weight (32 x 32): ZeRO-3 reduces (and, without deferral, overwrites) bucket by bucket.

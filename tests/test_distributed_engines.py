@@ -38,7 +38,7 @@ CONFIGS = {
     "zero3": "configs/accelerate/deepspeed_zero3.yaml",
 }
 ENGINE_NAMES = {"ddp": "DDP", "fsdp": "FSDP", "zero3": "DeepSpeed ZeRO-3"}
-CASES = ("plain", "gradcache", "lora_gradcache")
+CASES = ("plain", "gradcache", "lora_gradcache", "options")
 # The configs as a user runs them: no ACCELERATE_USE_CPU (the shim picks gloo on a machine without GPUs).
 ENV = {
     **{k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"},
@@ -105,6 +105,18 @@ def test_sgd_steps_under_fsdp_and_zero3_equal_ddp(cases, engine, case):
     assert sorted(final) == sorted(reference) == sorted(base)
     update = (flat(reference) - flat(base)).norm().item()
     assert (flat(final) - flat(reference)).norm().item() <= 1e-5 * update
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", "zero3"])
+def test_the_options_case_trains_with_its_options_and_saves_them(cases, engine):
+    """The options beyond the recipe change the step (else the comparison above would prove nothing
+    about them) and the saved folder keeps bidirectional attention."""
+    options, recipe = (load_file(str(cases / engine / c / "step-1.safetensors")) for c in ("options", "gradcache"))
+    start = flat(load_file(str(cases / engine / "gradcache" / "step-0.safetensors")))
+    update = (flat(recipe) - start).norm().item()
+    assert (flat(options) - flat(recipe)).norm().item() > 1e-2 * update
+    config = json.loads((cases / engine / "options" / "final" / "config.json").read_text())
+    assert config["bidirectional"] is True
 
 
 def test_deepspeed_takes_precision_and_clipping_from_the_training_arguments(cases):
