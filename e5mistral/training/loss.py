@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["gather_documents", "info_nce", "text_ids"]
+__all__ = ["cosine_scores", "gather_documents", "gather_ids", "info_nce", "text_ids"]
 
 
 def text_ids(texts: Sequence[str]) -> Tensor:
@@ -83,13 +83,7 @@ def info_nce(
     num_queries = query_embeddings.shape[0]
     if labels is None:
         labels = torch.arange(num_queries, device=query_embeddings.device)
-    # Score in float32 with autocast off: under bf16 autocast the matmul would round cosines to
-    # 2^-8, which 1/temperature (50x at 0.02, 1000x at 0.001) turns into logit errors of 0.2..4.
-    dtype = torch.promote_types(query_embeddings.dtype, torch.float32)
-    with torch.autocast(query_embeddings.device.type, enabled=False):
-        query_embeddings = F.normalize(query_embeddings.to(dtype), dim=-1)  # (B, H)
-        document_embeddings = F.normalize(document_embeddings.to(dtype), dim=-1)  # (D, H)
-        scores = query_embeddings @ document_embeddings.T / temperature  # (B, D)
+    scores = cosine_scores(query_embeddings, document_embeddings, temperature)  # (B, D)
     if document_ids is not None:
         positive_ids = document_ids[labels]  # (B,)
         duplicate = document_ids.unsqueeze(0) == positive_ids.unsqueeze(1)  # (B, D)
@@ -98,6 +92,42 @@ def info_nce(
     loss = F.cross_entropy(scores, labels)  # float32 softmax, also under bf16 autocast
     accuracy = (scores.argmax(dim=-1) == labels).float().mean().detach()
     return loss, accuracy
+
+
+def cosine_scores(anchors: Tensor, candidates: Tensor, temperature: float) -> Tensor:
+    """``cos(anchor, candidate) / temperature``: (A, H) x (C, H) -> (A, C), in float32 with autocast off.
+
+    Under bf16 autocast the matmul would round cosines to 2^-8, which 1/temperature (50x at 0.02,
+    1000x at 0.001) turns into logit errors of 0.2..4.
+
+    Example:
+        >>> cosine_scores(torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 3.0]]), 0.5)
+        tensor([[2., 0.]])
+    """
+    dtype = torch.promote_types(anchors.dtype, torch.float32)
+    with torch.autocast(anchors.device.type, enabled=False):
+        anchors = F.normalize(anchors.to(dtype), dim=-1)  # (A, H)
+        candidates = F.normalize(candidates.to(dtype), dim=-1)  # (C, H)
+        return anchors @ candidates.T / temperature  # (A, C)
+
+
+def gather_ids(ids: Tensor, counts: list[int] | None = None) -> Tensor:
+    """All processes' 1-D integer tensors (``ids``, lengths may differ) concatenated in rank order.
+
+    ``counts`` (every process's length, in rank order) saves the collective that learns them when
+    the caller already has them. Without a process group (or with one process), ``ids`` itself.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids
+    if counts is None:
+        count = torch.tensor([ids.shape[0]], device=ids.device)
+        gathered = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, count)
+        counts = [int(c.item()) for c in gathered]
+    padded = F.pad(ids, (0, max(counts) - ids.shape[0]), value=-1)  # (width,)
+    blocks = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(blocks, padded)
+    return torch.cat([block[:n] for block, n in zip(blocks, counts)])  # (sum n,)
 
 
 def gather_documents(
@@ -142,11 +172,6 @@ def gather_documents(
     blocks = all_gather_single(padded, 0, dist.group.WORLD).split(width)  # world_size x (width, H)
     all_embeddings = torch.cat([block[:n] for block, n in zip(blocks, counts)])  # (sum D_r, H)
 
-    all_ids = None
-    if document_ids is not None:
-        padded_ids = F.pad(document_ids, (0, width - counts[rank]), value=-1)  # (width,)
-        id_blocks = [torch.empty_like(padded_ids) for _ in range(world_size)]
-        dist.all_gather(id_blocks, padded_ids)
-        all_ids = torch.cat([block[:n] for block, n in zip(id_blocks, counts)])  # (sum D_r,)
+    all_ids = gather_ids(document_ids, counts) if document_ids is not None else None  # (sum D_r,)
     return all_embeddings, all_ids, sum(counts[:rank])
 

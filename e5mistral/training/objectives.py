@@ -42,11 +42,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
-from e5mistral.training.loss import gather_documents
+from e5mistral.training.loss import cosine_scores, gather_documents, gather_ids
 
 __all__ = [
     "DIRECTIONS",
@@ -96,20 +94,6 @@ def batch_row_ids(num_queries: int, num_negatives_per_row: Sequence[int]) -> Ten
     return torch.tensor(list(range(num_queries)) + owners, dtype=torch.long)
 
 
-def _gather_ints(values: Tensor) -> Tensor:
-    """All processes' 1-D integer tensors (lengths may differ), concatenated in rank order."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    count = torch.tensor([values.shape[0]], device=values.device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
-    counts = [int(c.item()) for c in counts]
-    padded = F.pad(values, (0, max(counts) - values.shape[0]), value=-1)
-    blocks = [torch.empty_like(padded) for _ in counts]
-    dist.all_gather(blocks, padded)
-    return torch.cat([block[:n] for block, n in zip(blocks, counts)])
-
-
 def gather_batch(
     queries: Tensor,
     documents: Tensor,
@@ -135,19 +119,10 @@ def gather_batch(
     if gather:
         queries, query_ids, q_offset = gather_documents(queries, query_ids)  # (Q, H), (Q,)
         documents, document_ids, d_offset = gather_documents(documents, document_ids)  # (D, H), (D,)
-        positive_ids = _gather_ints(positive_ids)  # (Q,)
-        document_rows = _gather_ints(document_rows + q_offset)  # (D,) global rows
+        positive_ids = gather_ids(positive_ids)  # (Q,)
+        document_rows = gather_ids(document_rows + q_offset)  # (D,) global rows
     labels = d_offset + torch.arange(num_queries, device=documents.device)  # (B,)
     return Batch(queries, documents, labels, q_offset, query_ids, positive_ids, document_ids, document_rows)
-
-
-def _scores(anchors: Tensor, candidates: Tensor, temperature: float) -> Tensor:
-    """Cosine / temperature in float32 with autocast off (as :func:`info_nce`): (A, C)."""
-    dtype = torch.promote_types(anchors.dtype, torch.float32)
-    with torch.autocast(anchors.device.type, enabled=False):
-        anchors = F.normalize(anchors.to(dtype), dim=-1)
-        candidates = F.normalize(candidates.to(dtype), dim=-1)
-        return anchors @ candidates.T / temperature
 
 
 def _one_dim(
@@ -184,22 +159,22 @@ def _one_dim(
 
     terms: dict[str, tuple[Tensor, Tensor]] = {}  # name -> (scores (B, C), masked (B, C))
     terms["query_to_doc"] = (
-        _scores(local_queries, cut(batch.documents), temperature),
+        cosine_scores(local_queries, cut(batch.documents), temperature),
         (copy_of_positive & ~is_positive) | (restrict & foreign_doc),
     )
     if "query_to_query" in directions:
         terms["query_to_query"] = (
-            _scores(local_queries, cut(batch.queries), temperature),
+            cosine_scores(local_queries, cut(batch.queries), temperature),
             same_pair | self_query | restrict,
         )
     if "doc_to_query" in directions:
         terms["doc_to_query"] = (
-            _scores(positives, cut(batch.queries), temperature),
+            cosine_scores(positives, cut(batch.queries), temperature),
             (same_pair & ~self_query) | restrict,
         )
     if "doc_to_doc" in directions:
         terms["doc_to_doc"] = (
-            _scores(positives, cut(batch.documents), temperature),
+            cosine_scores(positives, cut(batch.documents), temperature),
             ~foreign_doc | copy_of_positive | restrict,
         )
     masked_scores = {}
@@ -256,12 +231,13 @@ def contrastive_loss(
     """
     if restricted is None:
         restricted = torch.zeros(batch.labels.shape[0], dtype=torch.bool, device=batch.labels.device)
-    dims = sorted(matryoshka_dims, reverse=True) if matryoshka_dims else [None]
-    weights = list(matryoshka_weights) if matryoshka_weights else [1.0] * len(dims)
-    if matryoshka_dims:  # the weights follow their dims through the sort
-        weights = [w for _, w in sorted(zip(matryoshka_dims, weights), key=lambda dw: -dw[0])]
+    if matryoshka_dims:  # largest first (its accuracy is reported), each weight with its dim
+        weights = matryoshka_weights or [1.0] * len(matryoshka_dims)
+        pairs = sorted(zip(matryoshka_dims, weights), key=lambda dim_weight: -dim_weight[0])
+    else:
+        pairs = [(None, 1.0)]
     total, accuracy = None, None
-    for dim, weight in zip(dims, weights):
+    for dim, weight in pairs:
         loss, acc = _one_dim(batch, dim, temperature, directions, partition, restricted)
         total = weight * loss if total is None else total + weight * loss
         accuracy = acc if accuracy is None else accuracy
