@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .evaluation.beir import document_text
 
 __all__ = [
     "DEFAULT_MIN_WORDS",
@@ -156,7 +157,7 @@ def _source_texts(path: Path) -> Iterator[str]:
         for p in beir:
             for row in _jsonl_rows(p) if p.is_file() else ():
                 if p.name == "corpus.jsonl":  # embedded as "title text": so indexed, so a title-text seam matches
-                    yield f"{row.get('title') or ''} {row.get('text') or ''}".strip()
+                    yield document_text(row)
                 else:
                     yield row.get("text") or ""
         return
