@@ -15,7 +15,7 @@ targets, or a mix of adapters and fully trained folders, then merge alike. For t
 on a shared base this equals averaging the updates ``B @ A`` themselves, since the weights sum to 1.
 
 The merged folder is written by :func:`e5mistral.save_model_folder` (weights, code, tokenizer,
-Sentence-Transformers files with the first input's prompts and length), plus ``merge_info.json``
+Sentence-Transformers files with the first input's prompts, length and ``truncate_dim``), plus ``merge_info.json``
 (method, weights, inputs), so it loads everywhere a trained folder does.
 """
 
@@ -261,8 +261,15 @@ def merge_folders(
     model.load_state_dict(merged, strict=True)  # same keys and shapes, checked above
     first = Path(folders[0]).parent if (Path(folders[0]) / "adapter_config.json").is_file() else Path(folders[0])
     st_config = _read_json(first / "sentence_bert_config.json")
-    prompts = _read_json(first / "config_sentence_transformers.json").get("prompts")
-    save_model_folder(model, tokenizers[0], out, max_seq_length=st_config.get("max_seq_length", 512), prompts=prompts)
+    st_files_config = _read_json(first / "config_sentence_transformers.json")
+    save_model_folder(
+        model,
+        tokenizers[0],
+        out,
+        max_seq_length=st_config.get("max_seq_length", 512),
+        prompts=st_files_config.get("prompts"),
+        truncate_dim=st_files_config.get("truncate_dim"),  # a Matryoshka model's loaders keep their size
+    )
     info = {"method": method, "inputs": names}
     info.update({"weights": _normalised_weights(weights, len(names))} if method == "linear" else {"t": t})
     (out / "merge_info.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -221,3 +221,17 @@ def test_command_refuses_mismatches_with_one_line_and_exit_2(folders, tmp_path):
         assert not (tmp_path / "out").exists()
     proc = run_script(folders["a"], folders["b"], "--output", tmp_path / "full", cwd=tmp_path)
     assert proc.returncode == 2 and "exists and is not an empty folder" in proc.stderr
+
+
+def test_a_matryoshka_inputs_truncate_dim_carries_over(folders, tmp_path):
+    """The first input's ``truncate_dim`` (config_sentence_transformers.json) is the merged folder's:
+    without it the merged model would be loaded at full width, silently."""
+    a = tmp_path / "a"
+    shutil.copytree(folders["a"], a)
+    st_config = json.loads((a / "config_sentence_transformers.json").read_text())
+    (a / "config_sentence_transformers.json").write_text(json.dumps({**st_config, "truncate_dim": 8}))
+    out = merge_folders([a, folders["b"]], tmp_path / "merged")
+    assert json.loads((out / "config_sentence_transformers.json").read_text())["truncate_dim"] == 8
+    from e5mistral import E5Embedder
+
+    assert E5Embedder.from_pretrained(str(out)).encode(["a text"]).shape == (1, 8)
