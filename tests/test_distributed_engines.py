@@ -234,7 +234,8 @@ def fake_trainer(distributed_type, *, zero_stage=3, fsdp_version=2, mini_batch_s
     )
     accelerator = SimpleNamespace(distributed_type=distributed_type, state=state, num_processes=2)
     args = SimpleNamespace(
-        deepspeed=None, fsdp=None, mini_batch_size=mini_batch_size, gradient_accumulation_steps=accumulation
+        deepspeed=None, fsdp=None, mini_batch_size=mini_batch_size, mini_batch_positions=None,
+        uses_gradcache=mini_batch_size is not None, gradient_accumulation_steps=accumulation,
     )
     return SimpleNamespace(args=args, accelerator=accelerator)
 

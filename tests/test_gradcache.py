@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from e5mistral.training.gradcache import RandContext, grad_cache, sort_by_length, split_features
+from e5mistral.training.gradcache import RandContext, grad_cache, plan_mini_batches, sort_by_length, split_features
 from e5mistral.training.loss import info_nce
 from e5mistral.testing import assert_close
 
@@ -46,7 +46,8 @@ def grads_of(model):
 
 
 @pytest.mark.parametrize("temperature", [0.02, 0.5])
-def test_cached_loss_and_gradients_equal_the_full_batch(temperature):
+@pytest.mark.parametrize("limits", [dict(mini_batch_size=2), dict(max_positions=9), dict(mini_batch_size=3, max_positions=14)])
+def test_cached_loss_and_gradients_equal_the_full_batch(temperature, limits):
     loss_fn = partial(info_nce, temperature=temperature)
     torch.manual_seed(0)
     model = DropoutEncoder(p=0.0)
@@ -55,7 +56,7 @@ def test_cached_loss_and_gradients_equal_the_full_batch(temperature):
     plain = grads_of(model)
     model.zero_grad()
 
-    cached_loss, cached_acc = grad_cache(model, embed, [QUERIES, DOCUMENTS], loss_fn, mini_batch_size=2)
+    cached_loss, cached_acc = grad_cache(model, embed, [QUERIES, DOCUMENTS], loss_fn, **limits)
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # nothing before backward
     cached_loss.backward()
     assert_close(cached_loss, plain_loss.detach(), rtol=1e-5)
@@ -63,6 +64,22 @@ def test_cached_loss_and_gradients_equal_the_full_batch(temperature):
     for name, grad in grads_of(model).items():
         assert grad.abs().sum() > 0
         assert_close(grad, plain[name], rtol=1e-5)
+
+
+def test_a_token_budget_bounds_each_mini_batch_and_groups_short_texts():
+    features, _ = sort_by_length(make_batch(40, 3))
+    lengths = features["attention_mask"].sum(dim=1)
+    for budget, rows in ((12, None), (30, 4), (6, None)):
+        plan = plan_mini_batches(features, mini_batch_size=rows, max_positions=budget)
+        assert [i for r in plan for i in r] == list(range(40))  # every row once, in order
+        for chunk in plan:
+            padded = len(chunk) * int(lengths[chunk.start])  # rows x its longest text (sorted: the first)
+            assert len(chunk) == 1 or padded <= budget
+            assert rows is None or len(chunk) <= rows
+        if rows is None:  # short texts share a forward: fewer forwards than one per text
+            assert len(plan) < 40
+    with pytest.raises(ValueError, match="mini_batch_size or max_positions"):
+        plan_mini_batches(features)
 
 
 def test_dropout_is_replayed_in_the_second_forward():

@@ -108,6 +108,8 @@ def assert_weights_equal(actual, expected, start):
         {"chunk_positions": 16},  # several length-sorted chunks per side
         {"mini_batch_size": 2},
         {"mini_batch_size": 3, "activation_checkpointing": True},
+        {"mini_batch_positions": 24},  # GradCache with a token budget
+        {"mini_batch_positions": 40, "mini_batch_size": 3},
     ],
 )
 def test_one_step_equals_the_hand_written_sgd_step(tmp_path, options):

@@ -57,6 +57,7 @@ HYPERPARAMETERS = {
     "passage_max_length": "passage max length",
     "num_negatives": "hard negatives per query",
     "mini_batch_size": "GradCache mini-batch size",
+    "mini_batch_positions": "GradCache mini-batch token budget (padded positions)",
     "gather_across_devices": "negatives gathered across devices",
     "no_duplicates_in_batch": "no duplicate texts in a batch",
     "same_task_batches": "same-task batches",

@@ -62,6 +62,15 @@ class E5TrainingArguments(TrainingArguments):
             "share one softmax at the memory cost of this many. Unset: off (one graph per side)."
         },
     )
+    mini_batch_positions: int | None = field(
+        default=None,
+        metadata={
+            "help": "GradCache with a token budget: at most this many padded positions (rows x longest text) "
+            "per forward pass, cut from the length-sorted batch, so short texts share big forwards and long "
+            "ones get small ones; memory is bounded by the budget. Alone or with `mini_batch_size` (then both "
+            "limits hold). Unset: mini-batches of `mini_batch_size` rows."
+        },
+    )
     chunk_positions: int = field(
         default=2048,
         metadata={
@@ -142,6 +151,11 @@ class E5TrainingArguments(TrainingArguments):
         state["hub_token"] = None
         return state
 
+    @property
+    def uses_gradcache(self) -> bool:
+        """GradCache is on: ``mini_batch_size`` or ``mini_batch_positions`` is set."""
+        return self.mini_batch_size is not None or self.mini_batch_positions is not None
+
     def __post_init__(self):
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be > 0; the recipe uses 0.02.")
@@ -158,6 +172,11 @@ class E5TrainingArguments(TrainingArguments):
             raise ValueError(
                 f"mini_batch_size={self.mini_batch_size} must be >= 1; leave it unset to turn GradCache off."
             )
+        if self.mini_batch_positions is not None and self.mini_batch_positions < 2:
+            raise ValueError(
+                f"mini_batch_positions={self.mini_batch_positions} leaves no room for a text; use a budget of "
+                "padded positions such as 4096, or leave it unset."
+            )
         check_loss_options(self)
         # A multi-process launch on a machine without GPUs trains on CPU over gloo (under the engine the
         # accelerate config asks for); see e5mistral.training.engines.
@@ -171,7 +190,7 @@ class E5TrainingArguments(TrainingArguments):
                 "gradient is shared: launch with an accelerate config (`accelerate launch --config_file "
                 "configs/accelerate/ddp.yaml ...`, or fsdp.yaml / deepspeed_zero3.yaml)."
             )
-        if self.mini_batch_size is not None and self.mini_batch_size >= self.per_device_train_batch_size:
+        if self.mini_batch_positions is None and self.mini_batch_size is not None and self.mini_batch_size >= self.per_device_train_batch_size:
             logger.warning(
                 f"mini_batch_size={self.mini_batch_size} >= per_device_train_batch_size="
                 f"{self.per_device_train_batch_size}: GradCache saves no memory here and only adds a second forward."

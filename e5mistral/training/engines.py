@@ -158,7 +158,7 @@ def check_engine(trainer) -> str:
             f"training would not run the engine the config names.{hint} Check the launch command and "
             f"--config_file ({CONFIGS})."
         )
-    gradcache = args.mini_batch_size is not None
+    gradcache = args.uses_gradcache
     if running == "FSDP1":
         raise UserError(
             "FSDP1 (fsdp_version: 1) is not supported: its chunked forwards and GradCache are not tested here. Set "
@@ -166,9 +166,9 @@ def check_engine(trainer) -> str:
         )
     if running.startswith("DeepSpeed") and running != "DeepSpeed ZeRO-3" and gradcache:
         raise UserError(
-            f"GradCache (mini_batch_size={args.mini_batch_size}) under {running} is not supported: it is tested "
+            f"GradCache (mini_batch_size={args.mini_batch_size}, mini_batch_positions={args.mini_batch_positions}) under {running} is not supported: it is tested "
             "under ZeRO-3 (the recipe's, configs/accelerate/deepspeed_zero3.yaml), FSDP and DDP. Use zero_stage: 3, "
-            "or unset mini_batch_size."
+            "or unset mini_batch_size and mini_batch_positions."
         )
     if gradcache and running in ("FSDP", "DeepSpeed ZeRO-3") and args.gradient_accumulation_steps > 1:
         raise UserError(

@@ -51,6 +51,7 @@ __all__ = [
     "RandContext",
     "embed_length_sorted",
     "grad_cache",
+    "plan_mini_batches",
     "same_count_on_every_process",
     "sort_by_length",
     "split_features",
@@ -98,15 +99,42 @@ def split_features(features: Features, mini_batch_size: int) -> list[Features]:
         >>> [tuple(c["input_ids"].shape) for c in split_features(f, 2)]
         [(2, 2), (1, 3)]
     """
-    if mini_batch_size < 1:
-        raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}.")
-    batch_size = features["input_ids"].shape[0]
-    chunks = []
-    for begin in range(0, batch_size, mini_batch_size):
-        chunks.append(
-            _trim_trailing_padding({key: value[begin : begin + mini_batch_size] for key, value in features.items()})
-        )
-    return chunks
+    return cut_rows(features, plan_mini_batches({"input_ids": features["input_ids"]}, mini_batch_size))
+
+
+def cut_rows(features: Features, ranges: Sequence[range]) -> list[Features]:
+    """One chunk per row range, each trimmed of the trailing columns none of its rows attends to."""
+    return [_trim_trailing_padding({key: value[rows.start : rows.stop] for key, value in features.items()}) for rows in ranges]
+
+
+def plan_mini_batches(
+    sorted_features: Features, mini_batch_size: int | None = None, max_positions: int | None = None
+) -> list[range]:
+    """Row ranges of a length-sorted batch, one per GradCache mini-batch.
+
+    With ``max_positions`` (a token budget), :func:`~e5mistral.batching.plan_chunks` cuts chunks of at most
+    that many padded positions (rows x longest text, so the budget bounds activation memory) and at most
+    ``mini_batch_size`` rows when that is set too: short texts share big forwards, long ones get small
+    ones. With ``mini_batch_size`` alone, every range holds that many rows.
+
+    Example:
+        >>> f = {"input_ids": torch.ones(4, 8, dtype=torch.long),
+        ...      "attention_mask": torch.tensor([[1] * 8, [1] * 6 + [0] * 2, [1] * 2 + [0] * 6, [1] * 2 + [0] * 6])}
+        >>> plan_mini_batches(f, mini_batch_size=2), plan_mini_batches(f, max_positions=12)
+        ([range(0, 2), range(2, 4)], [range(0, 1), range(1, 2), range(2, 4)])
+    """
+    batch_size = sorted_features["input_ids"].shape[0]
+    mask = sorted_features.get("attention_mask")
+    if max_positions is None or mask is None:
+        if mini_batch_size is None:
+            raise ValueError("GradCache needs mini_batch_size or max_positions (a token budget per mini-batch).")
+        if mini_batch_size < 1:
+            raise ValueError(f"mini_batch_size must be >= 1, got {mini_batch_size}.")
+        return [range(begin, min(begin + mini_batch_size, batch_size)) for begin in range(0, batch_size, mini_batch_size)]
+    if max_positions < 1:
+        raise ValueError(f"max_positions must be >= 1, got {max_positions}.")
+    # A forward costs something on its own (at least one position): ties go to fewer forwards.
+    return plan_chunks(mask.sum(dim=1).tolist(), max_positions, max(1, max_positions // 32), mini_batch_size)
 
 
 def _trim_trailing_padding(chunk: Features) -> Features:
@@ -161,10 +189,7 @@ def embed_length_sorted(model: nn.Module, embed: EmbedFn, features: Features, ma
     if "attention_mask" not in sorted_features:
         return embed(model, features)
     lengths = sorted_features["attention_mask"].sum(dim=1).tolist()
-    chunks = [
-        _trim_trailing_padding({key: value[rows.start : rows.stop] for key, value in sorted_features.items()})
-        for rows in plan_chunks(lengths, max_positions)
-    ]
+    chunks = cut_rows(sorted_features, plan_chunks(lengths, max_positions))
     # Every process runs as many forwards as the one with the most chunks (collectives under FSDP / ZeRO-3).
     (count,) = same_count_on_every_process([len(chunks)], sorted_features["input_ids"].device)
     reps = [embed(model, chunk) for chunk in chunks]  # (b, H) each
@@ -207,9 +232,10 @@ def grad_cache(
     embed: EmbedFn,
     inputs: Sequence[Features],
     loss_fn: Callable[..., tuple[Tensor, Tensor]],
-    mini_batch_size: int,
+    mini_batch_size: int | None = None,
+    max_positions: int | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """The loss of ``loss_fn(*embeddings)`` over whole batches, embedded ``mini_batch_size`` at a time.
+    """The loss of ``loss_fn(*embeddings)`` over whole batches, embedded a mini-batch at a time.
 
     Args:
         model: the (possibly DDP-wrapped) model ``embed`` runs.
@@ -217,6 +243,9 @@ def grad_cache(
         inputs: one padded batch per side, e.g. ``[queries, documents]``.
         loss_fn: ``loss_fn(*embeddings) -> (loss, metric)`` on the full ``(B_i, H)`` embeddings.
         mini_batch_size: texts per forward pass; bounds activation memory.
+        max_positions: a token budget instead (or as well): at most this many padded positions
+            (rows x longest text) per forward pass, so short texts share big forwards
+            (:func:`plan_mini_batches`).
 
     Returns:
         ``(loss, metric)``: ``loss`` is a detached scalar leaf that requires grad; calling
@@ -234,7 +263,7 @@ def grad_cache(
     """
     # Length-sorted mini-batches pad little; `inverses` restore the original row order for the loss.
     sorted_inputs, inverses = zip(*(sort_by_length(features) for features in inputs))
-    chunked = [split_features(features, mini_batch_size) for features in sorted_inputs]
+    chunked = [cut_rows(features, plan_mini_batches(features, mini_batch_size, max_positions)) for features in sorted_inputs]
     real_counts = [len(chunks) for chunks in chunked]  # per side, this process's own mini-batches
     # Pad every side to the count of the process with the most mini-batches (see the module docstring).
     agreed = same_count_on_every_process(real_counts, sorted_inputs[0]["input_ids"].device)

@@ -42,8 +42,15 @@ def start_summary(trainer, train, dev, lora: bool) -> str:
         f"Trainable parameters: {trainable:,}{' (LoRA)' if lora else ''}; processes: {world} "
         f"({trainer.engine}); "
         f"global batch: {batch} rows, each query scored against ~{documents:.0f} documents; "
-        f"GradCache mini-batch: {args.mini_batch_size or 'off'}; temperature {args.temperature}"
+        f"GradCache mini-batch: {gradcache_setting(args)}; temperature {args.temperature}"
     )
+
+
+def gradcache_setting(args) -> str:
+    """``"off"``, ``"8 rows"``, ``"4096 positions"`` or both: how GradCache cuts its mini-batches."""
+    limits = [f"{args.mini_batch_size} rows"] * (args.mini_batch_size is not None)
+    limits += [f"{args.mini_batch_positions} positions"] * (args.mini_batch_positions is not None)
+    return " / ".join(limits) or "off"
 
 
 def num_documents(dev) -> int:

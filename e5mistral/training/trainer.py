@@ -207,7 +207,7 @@ class E5Trainer(Trainer):
     # ---- loss ----
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """InfoNCE over the batch (see ``e5mistral.training.loss``); GradCache when ``mini_batch_size`` is set."""
+        """InfoNCE over the batch (see ``e5mistral.training.loss``); GradCache when ``mini_batch_size`` or ``mini_batch_positions`` is set."""
         gather = self.args.gather_across_devices and self.args.world_size > 1
 
         def loss_from_embeddings(queries: torch.Tensor, documents: torch.Tensor):  # (B, H), (D, H)
@@ -230,9 +230,10 @@ class E5Trainer(Trainer):
                 )
             return loss, accuracy
 
-        if self.args.mini_batch_size is not None:
+        if self.args.uses_gradcache:
+            sides = [inputs["query"], inputs["document"]]
             loss, accuracy = grad_cache(
-                model, _embed, [inputs["query"], inputs["document"]], loss_from_embeddings, self.args.mini_batch_size
+                model, _embed, sides, loss_from_embeddings, self.args.mini_batch_size, self.args.mini_batch_positions
             )
         else:
             # One graph for the whole batch, embedded in length-sorted chunks: no compute on most padding.
