@@ -46,6 +46,8 @@ class Settings:
     batch: int = 16
     max_length: int = 128
     mini_batch: int = 4
+    # GradCache's token budget per forward, both sides (ours: padded positions; CachedMNRL: real tokens).
+    mini_batch_tokens: int = 512  # = mini_batch x max_length: the same memory bound
     warmup_steps: int = 1
     steps: int = 3
     # Peak memory (section 3): a smaller model and short texts, so batch 1024 fits and runs in seconds.
@@ -58,6 +60,18 @@ class Settings:
     encode_texts: int = 192
     encode_batch: int = 32
     repeats: int = 3
+    # The SmolLM2-135M shape (sections 1, 2 and 4; random weights): its own batch, lengths, repeats.
+    real_layers: int = 30
+    real_hidden: int = 576
+    real_intermediate: int = 1536
+    real_heads: int = 9
+    real_kv_heads: int = 3
+    real_vocab: int = 49152
+    real_batch: int = 8
+    real_max_length: int = 64
+    real_repeats: int = 2
+    real_steps: int = 2
+    real_encode_texts: int = 96
     # Large matrix product (sections 2 and 6).
     matmul_n: int = 2048
     # Data generation (section 5): fixed server latency, concurrency levels, requests = rounds x concurrency.
@@ -73,7 +87,9 @@ class Settings:
 
 QUICK = Settings(
     layers=1, hidden=64, intermediate=224, heads=4, kv_heads=2,
-    batch=4, max_length=32, mini_batch=2, warmup_steps=1, steps=1,
+    batch=4, max_length=32, mini_batch=2, mini_batch_tokens=48, warmup_steps=1, steps=1,
+    real_layers=2, real_hidden=64, real_intermediate=128, real_heads=4, real_kv_heads=2, real_vocab=2000,
+    real_batch=4, real_max_length=32, real_repeats=1, real_steps=1, real_encode_texts=8,
     memory_batches=(16, 64), memory_layers=1, memory_hidden=64, memory_max_length=16, memory_mini_batch=8,
     encode_texts=16, encode_batch=8, repeats=1, matmul_n=256,
     latency=0.05, concurrencies=(1, 8), rounds=2,

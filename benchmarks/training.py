@@ -1,5 +1,6 @@
 """Section 1, training throughput: ``E5Trainer`` against ``SentenceTransformerTrainer`` with
-(Cached)MultipleNegativesRankingLoss, plain and with GradCache. Goal >= 1.25x.
+(Cached)MultipleNegativesRankingLoss at its fastest settings, plain and with GradCache, on the
+benchmark's model and on the SmolLM2-135M shape. Goal >= 1.25x.
 
 Example: ``print(section_training(Bench(QUICK, work, threads=1)).text())``.
 """
@@ -9,24 +10,60 @@ from __future__ import annotations
 from .harness import TEMPERATURE, Section, fmt
 from .workload import Bench
 
+# Our run -> the reference runs it is measured against; the reference's fastest one counts.
+PAIRS = {"e5": ("st",), "e5_gradcache": ("st_cached", "st_cached_rows")}
+REFERENCE_NAMES = {
+    "st": "MultipleNegativesRankingLoss",
+    "st_cached": "CachedMNRL, mini_batch_num_tokens",
+    "st_cached_rows": "CachedMNRL, mini_batch_size",
+}
+
+
+def fastest_reference(bench: Bench, names) -> str:
+    """The reference run (of those ``bench`` ran) with the fewest seconds per step."""
+    return min((n for n in names if n in bench.runs), key=lambda n: bench.runs[n].seconds_per_step)
+
+
+def compare(sec: Section, bench: Bench, label: str, ours: str, references: tuple[str, ...]) -> None:
+    bench.run_pair(ours, *references)
+    ref = fastest_reference(bench, references)
+    a, b = bench.run(ours), bench.run(ref)
+    spread = bench.spread(ours, ref)
+    for unit, x, y in (("examples/s", a.examples_per_s, b.examples_per_s), ("real tokens/s", a.tokens_per_s, b.tokens_per_s)):
+        ratio = x / y
+        sec.add(f"{label}: {unit} (vs {REFERENCE_NAMES[ref]})", fmt(x, unit), fmt(y, unit), ratio, ">= 1.25x", ratio >= 1.25)
+    others = [f"{REFERENCE_NAMES[n]} {bench.runs[n].seconds_per_step:.2f} s/step" for n in references if n != ref]
+    sec.notes.append(
+        f"{label}: per alternating repeat, reference / ours = {', '.join(f'{r:.2f}x' for r in spread)}"
+        + (f"; the reference's other setting: {'; '.join(others)} (ours {a.seconds_per_step:.2f} s/step)." if others else ".")
+    )
+
 
 def section_training(bench: Bench) -> Section:
     s = bench.settings
-    sec = Section(1, "Training throughput: E5Trainer vs SentenceTransformerTrainer")
-    for ours, ref, what in (("e5", "st", "plain"), ("e5_gradcache", "st_cached", f"GradCache, chunk {s.mini_batch}")):
-        bench.run_pair(ours, ref)
-        a, b = bench.run(ours), bench.run(ref)
-        ref_name = "MultipleNegativesRankingLoss" if ref == "st" else "CachedMultipleNegativesRankingLoss"
-        for unit, x, y in (("examples/s", a.examples_per_s, b.examples_per_s), ("real tokens/s", a.tokens_per_s, b.tokens_per_s)):
-            ratio = x / y
-            sec.add(f"{what}: {unit} (vs {ref_name})", fmt(x, unit), fmt(y, unit), ratio, ">= 1.25x", ratio >= 1.25)
+    real = bench.real()
+    sec = Section(1, "Training throughput: E5Trainer vs SentenceTransformerTrainer at its fastest")
+    for b, shape in ((bench, bench.label), (real, real.label)):
+        compare(sec, b, f"{shape}, plain", "e5", PAIRS["e5"])
+        references = PAIRS["e5_gradcache"] if b is bench else (fastest_reference(bench, PAIRS["e5_gradcache"]),)
+        compare(sec, b, f"{shape}, GradCache {s.mini_batch_tokens} tokens", "e5_gradcache", references)
     sec.notes.append(
-        f"{s.batch} rows per step (query with instruction, positive, 1 hard negative), every text truncated to "
-        f"{s.max_length} tokens on both sides, temperature {TEMPERATURE} (scale {1 / TEMPERATURE:g}), AdamW lr 1e-5, fp32, "
-        f"{s.warmup_steps} warm-up step(s) then {s.steps} timed; the time runs from the end of the last warm-up step "
-        "to the end of the last step, so it includes data loading, collation (tokenisation) and the optimizer. "
-        f"Each side trained {s.repeats} times, alternating with the other (ours, reference, ours, ...); the "
-        "fastest run of each counts."
+        f"{bench.label} model: {bench.batch} rows per step (query with instruction, positive, 1 hard negative), every text "
+        f"truncated to {bench.max_length} tokens, {s.warmup_steps} warm-up step(s) then {bench.steps} timed, "
+        f"{s.repeats} alternating repeats. {real.describe()}: {real.batch} rows, "
+        f"{real.max_length} tokens, {real.steps} timed steps, {s.real_repeats} repeats. Both: temperature {TEMPERATURE} "
+        f"(scale {1 / TEMPERATURE:g}), AdamW lr 1e-5, full fine-tuning, fp32; the time runs from the end of the last "
+        "warm-up step to the end of the last step, so it includes data loading, collation (tokenisation) and the "
+        "optimizer. Each side's fastest repeat counts."
+    )
+    sec.notes.append(
+        f"sentence-transformers at its fastest: for GradCache, CachedMultipleNegativesRankingLoss ran both with its "
+        f"token budget (`mini_batch_num_tokens={s.mini_batch_tokens}`, real tokens per mini-batch) and with "
+        f"`mini_batch_size={s.mini_batch}` (the same memory bound: {s.mini_batch} x {bench.max_length} tokens), and the faster "
+        "one is the reference (on the SmolLM2 shape, the one that was faster on the smaller model). Ours: "
+        f"`mini_batch_positions={s.mini_batch_tokens}` (padded positions per forward, a stricter bound). "
+        "Plain MultipleNegativesRankingLoss has no option for varied lengths (its unpadded inputs need flash "
+        "attention, which this CPU has not); ours cuts length-sorted chunks (`chunk_positions`, default 2048)."
     )
     sec.notes.append("Real tokens = attended tokens of each text, counted once per step by a hook on the backbone.")
     return sec

@@ -26,18 +26,25 @@ import torch
 from .harness import TEMPERATURE, Settings, measure_matmul
 
 
-def bench_config(settings: Settings, vocab_size: int, memory: bool = False):
-    from e5mistral.testing import tiny_config
+def bench_config(settings: Settings, vocab_size: int, memory: bool = False, shape: str = "bench"):
+    """The config of a benchmark model: ``shape`` "bench" (Mistral, the default sections' model) or "real"
+    (the SmolLM2-135M shape: Llama, its vocabulary; random weights); ``memory`` the small probe model."""
+    from e5mistral.testing import tiny_backbone_config
 
     if memory:
         hidden, layers = settings.memory_hidden, settings.memory_layers
-        shape = dict(hidden_size=hidden, intermediate_size=hidden * 7 // 2, num_hidden_layers=layers,
-                     num_attention_heads=max(2, hidden // 64), num_key_value_heads=max(1, hidden // 256))
-    else:
-        shape = dict(hidden_size=settings.hidden, intermediate_size=settings.intermediate,
-                     num_hidden_layers=settings.layers, num_attention_heads=settings.heads,
-                     num_key_value_heads=settings.kv_heads)
-    return tiny_config(vocab_size=vocab_size, **shape)
+        dims = dict(hidden_size=hidden, intermediate_size=hidden * 7 // 2, num_hidden_layers=layers,
+                    num_attention_heads=max(2, hidden // 64), num_key_value_heads=max(1, hidden // 256))
+        return tiny_backbone_config("mistral", vocab_size, **dims)
+    if shape == "real":
+        dims = dict(hidden_size=settings.real_hidden, intermediate_size=settings.real_intermediate,
+                    num_hidden_layers=settings.real_layers, num_attention_heads=settings.real_heads,
+                    num_key_value_heads=settings.real_kv_heads, rope_theta=100000.0)
+        return tiny_backbone_config("llama", max(vocab_size, settings.real_vocab), **dims)
+    dims = dict(hidden_size=settings.hidden, intermediate_size=settings.intermediate,
+                num_hidden_layers=settings.layers, num_attention_heads=settings.heads,
+                num_key_value_heads=settings.kv_heads)
+    return tiny_backbone_config("mistral", vocab_size, **dims)
 
 
 def non_embedding_parameters(model) -> int:
@@ -97,9 +104,10 @@ class TokenMeter:
     """
 
     def __init__(self, model):
-        from transformers import MistralModel
+        from transformers import PreTrainedModel
 
-        self.backbone = next(m for m in model.modules() if isinstance(m, MistralModel))
+        # The decoder itself (E5MistralModel, E5LlamaModel, or the same class loaded as remote code by ST).
+        self.backbone = next(m for m in model.modules() if isinstance(m, PreTrainedModel) and hasattr(m, "embed_tokens"))
         self.real = self.computed = self.trained = 0
         original = self.backbone.forward
 
@@ -172,8 +180,11 @@ def common_training_arguments(out_dir: str, batch: int, max_steps: int) -> dict:
 
 
 def train_e5(folder: Path, rows: list[dict], batch: int, max_length: int, mini_batch: int | None,
-             max_steps: int, callbacks=()):
-    """One ``E5Trainer`` run on ``rows`` from the weights in ``folder``; returns its step clock."""
+             max_steps: int, callbacks=(), **options):
+    """One ``E5Trainer`` run on ``rows`` from the weights in ``folder``; returns its step clock.
+
+    ``options`` are more ``E5TrainingArguments`` fields, e.g. ``mini_batch_positions=512``.
+    """
     from datasets import Dataset
     from transformers import AutoTokenizer
     from transformers.trainer_callback import PrinterCallback
@@ -190,7 +201,7 @@ def train_e5(folder: Path, rows: list[dict], batch: int, max_length: int, mini_b
         args = E5TrainingArguments(
             **common_training_arguments(out_dir, batch, max_steps),
             temperature=TEMPERATURE, query_max_length=max_length, passage_max_length=max_length,
-            num_negatives=1, mini_batch_size=mini_batch,
+            num_negatives=1, mini_batch_size=mini_batch, **options,
         )
         trainer = E5Trainer(
             model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -203,8 +214,12 @@ def train_e5(folder: Path, rows: list[dict], batch: int, max_length: int, mini_b
 
 
 def train_st(folder: Path, rows: list[dict], batch: int, max_length: int, mini_batch: int | None,
-             max_steps: int, callbacks=()):
-    """The same run with ``SentenceTransformerTrainer`` and (Cached)MultipleNegativesRankingLoss."""
+             max_steps: int, callbacks=(), mini_batch_num_tokens: int | None = None):
+    """The same run with ``SentenceTransformerTrainer`` and (Cached)MultipleNegativesRankingLoss.
+
+    ``mini_batch_num_tokens`` is CachedMNRL's token budget (sentence-transformers 6.2), its fastest
+    setting for texts of varied length; ``mini_batch`` (rows) is ignored when it is set.
+    """
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -221,10 +236,11 @@ def train_st(folder: Path, rows: list[dict], batch: int, max_length: int, mini_b
 
     model = SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
     model.max_seq_length = max_length
-    if mini_batch is None:
+    if mini_batch is None and mini_batch_num_tokens is None:
         loss = MultipleNegativesRankingLoss(model, scale=1 / TEMPERATURE)
     else:
-        loss = CachedMultipleNegativesRankingLoss(model, scale=1 / TEMPERATURE, mini_batch_size=mini_batch)
+        loss = CachedMultipleNegativesRankingLoss(model, scale=1 / TEMPERATURE, mini_batch_size=mini_batch or 32,
+                                                  mini_batch_num_tokens=mini_batch_num_tokens)
     dataset = Dataset.from_dict({
         "anchor": [format_query(r["instruction"], r["query"]) for r in rows],
         "positive": [r["positive"] for r in rows],
@@ -243,32 +259,80 @@ def train_st(folder: Path, rows: list[dict], batch: int, max_length: int, mini_b
     return clock
 
 
-class Bench:
-    """Holds the shared model folder, data and the training runs (each made at most once)."""
+def run_options(name: str, settings: Settings) -> tuple:
+    """``(train function, mini_batch, extra keyword arguments)`` of a named training run.
 
-    def __init__(self, settings: Settings, work: Path, threads: int):
+    - ``e5`` / ``st``: plain (one graph per side); ``E5Trainer`` cuts length-sorted chunks, MNRL has no such option.
+    - ``e5_gradcache`` / ``st_cached``: GradCache with the same token budget per forward on both sides:
+      ``mini_batch_positions`` (padded positions, ours) and CachedMNRL's ``mini_batch_num_tokens`` (real tokens).
+    - ``..._rows``: GradCache with ``settings.mini_batch`` rows per forward (both sides' defaults).
+    """
+    budget = settings.mini_batch_tokens
+    table = {
+        "e5": (train_e5, None, {}),
+        "st": (train_st, None, {}),
+        "e5_gradcache": (train_e5, None, {"mini_batch_positions": budget}),
+        "st_cached": (train_st, None, {"mini_batch_num_tokens": budget}),
+        "e5_gradcache_rows": (train_e5, settings.mini_batch, {}),
+        "st_cached_rows": (train_st, settings.mini_batch, {}),
+    }
+    if name not in table:
+        raise KeyError(f"unknown training run {name!r}; known: {', '.join(table)}")
+    return table[name]
+
+
+class Bench:
+    """Holds the shared model folder, data and the training runs (each made at most once).
+
+    ``shape`` "bench" is the default sections' Mistral-shaped model; "real" the SmolLM2-135M shape
+    (``Bench.real()`` makes it once, with its own, smaller, batch and lengths).
+    """
+
+    def __init__(self, settings: Settings, work: Path, threads: int, shape: str = "bench"):
         from e5mistral import E5MistralModel, save_model_folder
         from e5mistral.testing import make_tiny_tokenizer
 
         self.settings = settings
         self.work = work
         self.threads = threads
+        self.shape = shape
         self.tokenizer = make_tiny_tokenizer()
+        real = shape == "real"
+        self.batch = settings.real_batch if real else settings.batch
+        self.max_length = settings.real_max_length if real else settings.max_length
         torch.manual_seed(0)
-        model = E5MistralModel(bench_config(settings, len(self.tokenizer))).eval()
+        self.config = bench_config(settings, len(self.tokenizer), shape=shape)
+        model = E5MistralModel(self.config).eval()
         self.params = non_embedding_parameters(model)
         self.total_params = sum(p.numel() for p in model.parameters())
-        self.folder = save_model_folder(model, self.tokenizer, work / "model", max_seq_length=settings.max_length)
-        s = settings
-        self.rows = make_rows(s.batch * (s.warmup_steps + s.steps), seed=0)
+        self.folder = save_model_folder(model, self.tokenizer, work / f"model-{shape}", max_seq_length=self.max_length)
+        del model
+        self.steps = settings.real_steps if real else settings.steps
+        self.rows = make_rows(self.batch * (settings.warmup_steps + self.steps), seed=0)
         self.runs: dict[str, TrainRun] = {}
+        self.all_runs: dict[str, list[TrainRun]] = {}  # every repeat, in order (for the run-to-run spread)
         self._primed = False
         self._matmul: float | None = None
+        self._real: Bench | None = None
+
+    def real(self) -> Bench:
+        """The SmolLM2-135M-shaped bench (built on first use), sharing this one's matmul measurements."""
+        if self._real is None:
+            self._real = Bench(self.settings, self.work, self.threads, shape="real")
+            self._real._matmul = self._matmul
+        return self._real
+
+    @property
+    def label(self) -> str:
+        """How the report names this bench's model: ``"4 x 512"`` or ``"SmolLM2-135M shape"``."""
+        c = self.config
+        return "SmolLM2-135M shape" if self.shape == "real" else f"{c.num_hidden_layers} x {c.hidden_size}"
 
     def describe(self) -> str:
-        s = self.settings
-        return (f"random E5MistralModel, {s.layers} layers x {s.hidden} hidden, FFN {s.intermediate}, "
-                f"{s.heads} heads / {s.kv_heads} KV heads, vocab {len(self.tokenizer)}: "
+        c = self.config
+        name = "SmolLM2-135M shape: random E5LlamaModel" if self.shape == "real" else "random E5MistralModel"
+        return (f"{name}, {c.num_hidden_layers} layers x {c.hidden_size} hidden, FFN {c.intermediate_size}, "
+                f"{c.num_attention_heads} heads / {c.num_key_value_heads} KV heads, vocab {c.vocab_size}: "
                 f"{self.params / 1e6:.2f}M non-embedding parameters ({self.total_params / 1e6:.2f}M in all), fp32")
 
     def matmul_flops(self) -> float:
@@ -278,33 +342,41 @@ class Bench:
         (another process on the cores) would understate the rate and overstate every ratio to it.
         """
         self._matmul = max(self._matmul or 0.0, measure_matmul(self.settings.matmul_n))
+        if self._real is not None:
+            self._real._matmul = self._matmul
         return self._matmul
 
     def run(self, name: str) -> TrainRun:
-        """``name`` in e5, e5_gradcache, st, st_cached: its fastest of the runs made so far (one if none)."""
+        """``name`` of :func:`run_options`: its fastest of the runs made so far (one if none)."""
         if name not in self.runs:
             self.run_pair(name)
         return self.runs[name]
+
+    def spread(self, ours: str, reference: str) -> list[float]:
+        """The ratio reference / ours of seconds per step in each alternating repeat (run-to-run spread)."""
+        return [b.seconds_per_step / a.seconds_per_step for a, b in zip(self.all_runs[ours], self.all_runs[reference])]
 
     def run_pair(self, *names: str) -> None:
         """Train each of ``names`` ``settings.repeats`` times, alternating (a, b, a, b), and keep each one's
         fastest run: machine noise (another process, frequency changes) only ever slows a run down, and
         alternating spreads any slow spell over both sides instead of one."""
         s = self.settings
+        repeats = s.real_repeats if self.shape == "real" else s.repeats
         if not self._primed:
             # The first training of a process pays one-time costs (allocator growth, lazy imports, first
             # page faults) beyond its own warm-up step; spend them on an untimed step so that whichever
             # side is measured first is not penalised.
-            train_e5(self.folder, self.rows, s.batch, s.max_length, None, 1)
+            train_e5(self.folder, self.rows, self.batch, self.max_length, None, 1)
             self._primed = True
             self.matmul_flops()  # the reference rate, before and (section 2) after the training runs
-        for repeat in range(s.repeats):
+        for repeat in range(repeats):
             for name in names:
-                mini = s.mini_batch if name.endswith(("gradcache", "cached")) else None
-                train = train_e5 if name.startswith("e5") else train_st
-                print(f"    training: {name}, run {repeat + 1} of {s.repeats} ({s.warmup_steps} warm-up + {s.steps} "
-                      f"measured steps of {s.batch} rows)", flush=True)
-                clock = train(self.folder, self.rows, s.batch, s.max_length, mini, s.warmup_steps + s.steps)
-                result = summarise_clock(name, clock, s.batch, s.warmup_steps)
+                train, mini, options = run_options(name, s)
+                print(f"    training ({self.shape}): {name}, run {repeat + 1} of {repeats} ({s.warmup_steps} warm-up + "
+                      f"{self.steps} measured steps of {self.batch} rows)", flush=True)
+                clock = train(self.folder, self.rows, self.batch, self.max_length, mini, s.warmup_steps + self.steps,
+                              **options)
+                result = summarise_clock(name, clock, self.batch, s.warmup_steps)
+                self.all_runs.setdefault(name, []).append(result)
                 if name not in self.runs or result.seconds_per_step < self.runs[name].seconds_per_step:
                     self.runs[name] = result
