@@ -77,8 +77,8 @@ class Settings:
     gen_heads: int = 9
     gen_kv_heads: int = 3
     gen_vocab: int = 49152
-    gen_new_tokens: int = 32
-    gen_prompt_words: tuple[int, int] = (18, 36)
+    gen_new_tokens: int = 48
+    gen_prompt_words: tuple[int, int] = (14, 28)
     gen_requests: int = 8
     gen_batches: tuple[int, ...] = (1, 4, 8, 16)
     gen_batch: int = 8

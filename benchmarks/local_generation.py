@@ -81,6 +81,23 @@ def timed_requests(backend, conversations, batch: int, schema=None) -> tuple[flo
     return time.perf_counter() - start, sum(r.completion_tokens for r in results)
 
 
+def bare_generate(backend, conversations, new_tokens: int) -> tuple[float, int]:
+    """Seconds and tokens of one bare ``model.generate`` over ``conversations`` (the backend's prompts, left
+    padded, greedy, exactly ``new_tokens`` each): the model's own cost, without the backend around it."""
+    prompts = [backend._prompt_ids(m) for m in conversations]
+    width = max(map(len, prompts))
+    input_ids = torch.full((len(prompts), width), backend.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(prompts):
+        input_ids[row, width - len(ids):], attention_mask[row, width - len(ids):] = torch.tensor(ids), 1
+    start = time.perf_counter()
+    with torch.no_grad():
+        output = backend.model.generate(input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
+                                        max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                        pad_token_id=backend.pad_token_id)
+    return time.perf_counter() - start, (output.shape[1] - width) * len(prompts)
+
+
 def section_local_generation(bench: Bench) -> Section:
     from e5mistral.synthetic.llm import TransformersChatBackend
     from e5mistral.synthetic.schemas import answer_schema
@@ -118,6 +135,11 @@ def section_local_generation(bench: Bench) -> Section:
     table = ", ".join(f"batch {b}: {rate[b]:.0f} tok/s, {best[b][0] / best[b][2]:.2f} s per request "
                       f"({best[b][2]} requests in {best[b][0]:.1f} s)" for b in s.gen_batches)
     sec.notes.append(f"How generation grows with the batch (seconds per request = wall time / requests): {table}.")
+    seconds, tokens = bare_generate(backend, make_conversations(best[main][2], s), s.gen_new_tokens)
+    bare = tokens / seconds
+    plain = best[main][1] / best[main][0]
+    sec.add(f"batch {main} through the backend (vs a bare model.generate of the same batch)", fmt(plain, "tok/s"),
+            fmt(bare, "tok/s"), plain / bare, "~1x (the backend adds little)", plain / bare >= 0.9)
     if constrained:
         backend.json_mode, backend.eos_token_ids = "schema", real_eos
         schema = answer_schema("sts", "example")
@@ -147,6 +169,12 @@ def section_local_generation(bench: Bench) -> Section:
         f"generates exactly {s.gen_new_tokens} tokens on every side (counted from the answers). json_mode=\"off\", "
         f"sampling at temperature 1.0; best of {s.gen_repeats} alternating runs per batch size after one warm-up; "
         "times include tokenization, prefill and decoding."
+    )
+    sec.notes.append(
+        f"The bare-generate row: the same {best[main][2]} prompts through `model.generate` directly (left padded, "
+        f"greedy, exactly {s.gen_new_tokens} new tokens, one run): how much of a batch's time is the model itself. "
+        "On a CPU the batched decode step is not free (more rows of matrix products, attention over every row's "
+        "cache), so the batch-8 speed-up depends on the cores and their memory bandwidth; a GPU gains more."
     )
     del backend
     return sec
