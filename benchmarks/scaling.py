@@ -125,7 +125,7 @@ def search_rows(sec: Section, s: Settings, threads: int) -> None:
             m_ours / m_ref, "bounded by the block: <= 2x", m_ours <= 2)
     per_doc = ", ".join(f"{fmt(1e6 * probes[n, 'blocked']['seconds'] / n, 's')} at {n:,} (naive "
                         f"{fmt(1e6 * probes[n, 'naive']['seconds'] / n, 's')})" for n in s.search_sizes)
-    bound = s.search_queries * s.search_block * 5 / 2**20  # fp32 scores + the tie check's bool mask, one block
+    block_mb = s.search_queries * s.search_block * 4 / 2**20  # one block's fp32 scores
     sec.notes.append(
         f"(a) Search: random unit vectors, fp32, {shape}, on {threads} thread(s); ours is `search` (its blocks of "
         f"{s.search_block:,} documents, a running top k), the reference the plain full `queries @ corpus.T` then "
@@ -134,8 +134,9 @@ def search_rows(sec: Section, s: Settings, threads: int) -> None:
         + ", ".join(f"{fmt(probes[n, 'blocked']['corpus_mb'], 'MB')} at {n:,}" for n in s.search_sizes) + ". "
         f"Seconds per million documents ({s.search_queries} queries): {per_doc}: the time is the matrix product, "
         f"so it grows with documents x queries x dim. Peak: the naive side holds all Q x N scores "
-        f"({fmt(s.search_queries * large * 4 / 2**20, 'MB')} at {large:,}), ours one block's (about {fmt(bound, 'MB')} "
-        f"once the corpus passes {s.search_block:,} documents), whatever the corpus size; "
+        f"({fmt(s.search_queries * large * 4 / 2**20, 'MB')} at {large:,}); ours a few blocks' worth (one block's "
+        f"scores are {fmt(block_mb, 'MB')}; the previous block's scores are still held while the next product is "
+        "computed, plus topk's and the tie check's temporaries), the same at every size past one block; "
         "each (size, side) in its own process, the peak RSS (VmHWM) reset once the vectors are in memory."
     )
 
