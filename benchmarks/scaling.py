@@ -136,7 +136,8 @@ def search_rows(sec: Section, s: Settings, threads: int) -> None:
         f"so it grows with documents x queries x dim. Peak: the naive side holds all Q x N scores "
         f"({fmt(s.search_queries * large * 4 / 2**20, 'MB')} at {large:,}); ours a few blocks' worth (one block's "
         f"scores are {fmt(block_mb, 'MB')}; the previous block's scores are still held while the next product is "
-        "computed, plus topk's and the tie check's temporaries), the same at every size past one block; "
+        "computed, and the tie check in `_merge_top_k`, `(scores >= kth).sum(dim=1)`, makes an int64 copy of the "
+        "block's mask, twice the scores' size), the same at every size past one block; "
         "each (size, side) in its own process, the peak RSS (VmHWM) reset once the vectors are in memory."
     )
 
