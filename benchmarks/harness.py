@@ -29,7 +29,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPERATURE = 0.02  # the recipe's; sentence-transformers' scale is 1 / temperature
-ALL_SECTIONS = (1, 2, 3, 4, 5, 6)
+ALL_SECTIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,30 @@ class Settings:
     gpu_query_length: int = 128
     gpu_document_length: int = 512
     gpu_steps: int = 3
+    # Local generation (section 7): the generator's shape (SmolLM2-135M's), new tokens per request, prompt
+    # length in words, requests per run (more when the batch is larger), the batch sizes and the headline one.
+    gen_layers: int = 30
+    gen_hidden: int = 576
+    gen_intermediate: int = 1536
+    gen_heads: int = 9
+    gen_kv_heads: int = 3
+    gen_vocab: int = 49152
+    gen_new_tokens: int = 48
+    gen_prompt_words: tuple[int, int] = (14, 28)
+    gen_requests: int = 8
+    gen_batches: tuple[int, ...] = (1, 4, 8, 16)
+    gen_batch: int = 8
+    gen_repeats: int = 2
+    # How cost grows (section 8): exact search over random unit vectors (corpus sizes, queries, width, top k,
+    # the search's block size: the library's default), best of search_repeats; GradCache steps on section 3's
+    # memory-probe model at growth_batches rows, chunk memory_mini_batch.
+    search_sizes: tuple[int, ...] = (10_000, 40_000, 160_000)
+    search_queries: int = 1000
+    search_dim: int = 4096
+    search_top_k: int = 10
+    search_block: int = 16384
+    search_repeats: int = 2
+    growth_batches: tuple[int, ...] = (64, 256, 1024)
 
 
 QUICK = Settings(
@@ -94,6 +118,10 @@ QUICK = Settings(
     encode_texts=16, encode_batch=8, repeats=1, matmul_n=256,
     latency=0.05, concurrencies=(1, 8), rounds=2,
     gpu_batch=2, gpu_query_length=16, gpu_document_length=32, gpu_steps=1,
+    gen_layers=2, gen_hidden=64, gen_intermediate=128, gen_heads=4, gen_kv_heads=2, gen_new_tokens=4,
+    gen_prompt_words=(4, 8), gen_batches=(1, 8), gen_repeats=1,
+    search_sizes=(1000, 4000), search_queries=50, search_dim=32, search_block=1024, search_repeats=1,
+    growth_batches=(16, 64),
 )
 
 

@@ -29,9 +29,14 @@ Sections:
    bf16, gradient checkpointing): tokens/s and MFU against a bf16 matrix product measured in the
    run. Without CUDA it reports "skipped: no CUDA" (``--quick`` runs the same code on a tiny
    shape on CPU, to check the code path only).
+7. Local generation: ``TransformersChatBackend`` on SmolLM2-135M's shape (random weights), 8 chat
+   requests batched into one ``generate`` call against the same 8 one at a time: generated tokens/s
+   (goal >= 4x), and tokens/s and seconds per request at batch 1, 4, 8, 16.
+8. How cost grows: exact search time and peak memory against corpus size (against a plain
+   ``queries @ corpus.T`` + topk), and a GradCache step's time and peak memory against batch size.
 
 One module per section (``benchmarks.training``, ``flops``, ``gradcache``, ``encoding``,
-``generation``, ``gpu``), each returning a :class:`~benchmarks.harness.Section`; the harness
+``generation``, ``gpu``, ``local_generation``, ``scaling``), each returning a :class:`~benchmarks.harness.Section`; the harness
 (``benchmarks.harness``) holds the settings, the rows, the Markdown and the history it keeps, and
 ``benchmarks.workload`` the model, data and training runs the sections share.
 
@@ -59,6 +64,8 @@ from .generation import LoopbackServer, section_generation
 from .gpu import section_gpu
 from .gradcache import memory_probe, section_gradcache
 from .harness import ALL_SECTIONS, QUICK, REPO, Section, Settings, kept_history, machine_info, render
+from .local_generation import section_local_generation
+from .scaling import search_probe, section_scaling
 from .training import section_training
 from .workload import Bench
 
@@ -66,6 +73,7 @@ from .workload import Bench
 TITLES = {
     1: "Training throughput", 2: "Model FLOP utilisation and padding", 3: "GradCache: time overhead and peak memory",
     4: "Encoding", 5: "Data generation", 6: "GPU LoRA step",
+    7: "Local generation: batched vs one request at a time", 8: "How cost grows",
 }
 
 
@@ -89,6 +97,7 @@ def make_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--output", type=Path, default=REPO / "BENCHMARKS.md", help="Markdown report to write")
     parser.add_argument("--memory-probe", help=argparse.SUPPRESS)  # internal: section 3's subprocess
     parser.add_argument("--loopback-server", type=float, help=argparse.SUPPRESS)  # internal: section 5's server
+    parser.add_argument("--search-probe", help=argparse.SUPPRESS)  # internal: section 8's subprocess
     return parser
 
 
@@ -105,6 +114,9 @@ def main(argv: list[str] | None = None, command: str = "python scripts/benchmark
         return 0
     if args.memory_probe:
         print(json.dumps(memory_probe(json.loads(args.memory_probe))))
+        return 0
+    if args.search_probe:
+        print(json.dumps(search_probe(json.loads(args.search_probe))))
         return 0
     if args.threads < 1:
         raise SystemExit(f"--threads {args.threads}: use a positive number of threads.")
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None, command: str = "python scripts/benchmark
         print(f"model: {bench.describe()}", flush=True)
         runners = {
             1: section_training, 2: section_mfu, 3: section_gradcache, 4: section_encoding, 5: section_generation,
-            6: lambda b: section_gpu(b, args.quick),
+            6: lambda b: section_gpu(b, args.quick), 7: section_local_generation, 8: section_scaling,
         }
         for number in args.sections:
             print(f"\n[{number}] {TITLES[number]} ...", flush=True)

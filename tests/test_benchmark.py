@@ -26,16 +26,16 @@ def test_quick_benchmark_prints_ratios_and_writes_markdown(tmp_path):
     proc = subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
-    for number in range(1, 7):
+    for number in range(1, 9):
         assert re.search(rf"^\[{number}\] ", proc.stdout, re.MULTILINE), f"section {number} missing:\n{proc.stdout}"
     ratios = re.findall(r"\d+\.\d\dx", proc.stdout)
-    assert len(ratios) >= 15, proc.stdout  # sections 1-5 print ratios; 6 runs its code path on CPU
+    assert len(ratios) >= 25, proc.stdout  # sections 1-5, 7 and 8 print ratios; 6 runs its code path on CPU
 
     report = output.read_text(encoding="utf-8")
     assert "python scripts/benchmark.py --quick --threads 1 --output" in report  # the exact command
     assert "| torch threads | 1 |" in report and f"| torch | {__import__('torch').__version__} |" in report
     for title in ("## 1. Training throughput", "## 2. Model FLOP utilisation", "## 3. GradCache", "## 4. Encoding",
-                  "## 5. Data generation", "## 6. GPU"):
+                  "## 5. Data generation", "## 6. GPU", "## 7. Local generation", "## 8. How cost grows"):
         assert title in report, report
     assert "error:" not in report, report
     assert "stale figures" not in report and report.endswith(history)  # new figures, the history kept as is
