@@ -19,6 +19,7 @@ from .modeling_e5mistral import (
     last_token_pool,
     mean_pool,
 )
+from .packing import pack_features  # also registers the packed attention (e5mistral.packing)
 from .tokenization import EOSContractError, appends_eos, check_eos, ensure_eos
 
 __version__ = "0.1.0"
@@ -45,5 +46,6 @@ __all__ = [
     "get_instruction",
     "last_token_pool",
     "mean_pool",
+    "pack_features",
     "save_model_folder",
 ]

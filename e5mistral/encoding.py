@@ -3,6 +3,8 @@
 Texts are tokenized once, sorted by length and cut into batches of at most ``batch_size`` texts
 where they save the most padding (:func:`~e5mistral.batching.plan_chunks`), run
 through the model under ``torch.inference_mode``, and returned in input order, L2-normalised.
+With ``padding_free=True`` each batch is packed into one row without padding
+(:mod:`e5mistral.packing`), so batches are simply ``batch_size`` consecutive texts.
 """
 
 from collections.abc import Sequence
@@ -13,6 +15,7 @@ from tqdm.auto import tqdm
 from .batching import plan_chunks
 from .instructions import format_query
 from .modeling_e5mistral import E5MistralModel
+from .packing import check_packable, pack_features
 from .tokenization import check_eos, check_model_path, check_pad_token, clamp_max_length, load_tokenizer
 
 __all__ = ["E5Embedder"]
@@ -70,6 +73,9 @@ class E5Embedder:
             (a Matryoshka-trained model, see ``matryoshka_dims``); None: the full size.
             :meth:`from_pretrained` takes it from the folder's ``config_sentence_transformers.json``
             (as ``SentenceTransformer`` does) unless given.
+        padding_free: pack each batch into one row of real tokens (:func:`e5mistral.packing.pack_features`):
+            the same embeddings with no compute on padding. Needs a causal model under sdpa, eager,
+            flash_attention_2/3 or flex_attention (a clear ``ValueError`` otherwise).
 
     Example:
 
@@ -78,6 +84,7 @@ class E5Embedder:
     >>> q = embedder.encode_queries(["how tall is mont blanc"], instruction="web_search")
     >>> d = embedder.encode_documents(["Mont Blanc rises 4,806 m above sea level."])
     >>> (q @ d.T).item()     # cosine similarity
+    >>> packed = E5Embedder.from_pretrained("out/my-e5", padding_free=True)  # same embeddings, no padding
     ```
     """
 
@@ -89,6 +96,7 @@ class E5Embedder:
         batch_size: int = 32,
         device=None,
         truncate_dim: int | None = None,
+        padding_free: bool = False,
     ):
         check_eos(tokenizer)
         check_pad_token(tokenizer, "E5Embedder")
@@ -101,6 +109,9 @@ class E5Embedder:
         self.max_length = clamp_max_length(max_length, getattr(model, "config", None), "E5Embedder max_length")
         self.batch_size = batch_size
         self.truncate_dim = _check_truncate_dim(truncate_dim, model.config.hidden_size)
+        if padding_free:
+            check_packable(model.config)
+        self.padding_free = padding_free
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
 
     @classmethod
@@ -173,7 +184,10 @@ class E5Embedder:
         lengths = [len(encoded[i]) for i in order]
         # At most batch_size texts per forward (so never more memory than fixed batches), cut where the
         # padding saved outweighs one more forward (batch_size x longest / 32 positions).
-        batches = plan_chunks(lengths, max_positions=batch_size * lengths[0], max_rows=batch_size)
+        if self.padding_free:  # no padding to save: batch_size texts per forward
+            batches = [range(i, min(i + batch_size, len(texts))) for i in range(0, len(texts), batch_size)]
+        else:
+            batches = plan_chunks(lengths, max_positions=batch_size * lengths[0], max_rows=batch_size)
         if show_progress_bar is None:
             show_progress_bar = len(texts) >= 8 * batch_size
         out = torch.empty(len(texts), hidden)
@@ -185,6 +199,8 @@ class E5Embedder:
                     idx = order[rows.start : rows.stop]
                     batch = self.tokenizer.pad({"input_ids": [encoded[i] for i in idx]}, return_tensors="pt")
                     batch = {k: v.to(self.device) for k, v in batch.items()}
+                    if self.padding_free:
+                        batch = pack_features(batch)
                     emb = self.model(**batch).pooler_output  # (b, H)
                     out[idx] = emb.float().cpu()
         finally:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from transformers import Gemma2Model, Gemma3TextModel, GemmaModel, LlamaModel, MistralModel, Qwen2Model, Qwen3Model
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_e5mistral import E5MistralConfig, backbone_config_class, backbone_of, check_attention_direction
@@ -94,6 +95,33 @@ class E5MistralModelOutput(ModelOutput):
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# Packed (padding-free) batches, made by e5mistral.packing.pack_features: all texts in one row, position_ids
+# restarting per text, cu_seq_lens_q marking them. flash/flex attention read them as they are; under sdpa/eager
+# the forward switches to PACKED_ATTENTION, e5mistral.packing's per-text sdpa, which needs no mask.
+PACKED_ATTENTION = "e5_varlen_sdpa"
+PACKABLE_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def _switch_to_packed_attention(config, attention_mask, position_ids) -> str | None:
+    """Set the attention a packed forward runs with; return the implementation to restore after it.
+
+    A ``ValueError`` where a packed forward would not be exact (see e5mistral.packing).
+    """
+    implementation = config._attn_implementation or "sdpa"
+    if attention_mask is not None or position_ids is None or position_ids.shape[0] != 1 or config.bidirectional:
+        raise ValueError(
+            "E5MistralModel: a packed batch (cu_seq_lens_q given) needs one row with position_ids, no attention_mask "
+            f"and a causal model (bidirectional={config.bidirectional}); build it with e5mistral.packing.pack_features."
+        )
+    if implementation in ("sdpa", "eager") and PACKED_ATTENTION not in ALL_ATTENTION_FUNCTIONS:
+        raise ValueError(f"E5MistralModel: a packed batch under {implementation!r} needs `import e5mistral.packing`.")
+    if implementation not in (*PACKABLE_ATTENTION, PACKED_ATTENTION):
+        raise ValueError(f"E5MistralModel: packed batches need one of {PACKABLE_ATTENTION}, not {implementation!r}.")
+    previous = config._attn_implementation
+    config._attn_implementation = PACKED_ATTENTION if implementation in ("sdpa", "eager") else implementation
+    return previous
 
 
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
@@ -236,9 +264,23 @@ class E5EmbeddingMixin:
             )
         return result
 
-    def pool(self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Pool and (optionally) normalise: `(B, T, H), (B, T) -> (B, H)`."""
-        if self.config.pooling == "mean":
+    def pool(
+        self, last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, cu_seq_lens: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Pool and (optionally) normalise: `(B, T, H), (B, T) -> (B, H)`.
+
+        A packed batch (`cu_seq_lens` given, `(B + 1,)` text boundaries): `(1, N, H) -> (B, H)`, the
+        state at each text's last token, or each text's mean.
+        """
+        if cu_seq_lens is not None:
+            lengths = cu_seq_lens.diff().long()  # (B,)
+            if self.config.pooling == "mean":
+                text = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)  # (N,)
+                sums = last_hidden_state.new_zeros(len(lengths), last_hidden_state.shape[-1])
+                pooled = sums.index_add(0, text, last_hidden_state[0]) / lengths[:, None]  # (B, H)
+            else:
+                pooled = last_hidden_state[0, cu_seq_lens[1:].long() - 1]  # (B, H)
+        elif self.config.pooling == "mean":
             pooled = mean_pool(last_hidden_state, attention_mask)
         else:
             pooled = last_token_pool(last_hidden_state, attention_mask)
@@ -247,12 +289,15 @@ class E5EmbeddingMixin:
             pooled = F.normalize(pooled.float(), p=2, dim=-1).to(pooled.dtype)
         return pooled
 
-    def _check_pooled_eos(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def _check_pooled_eos(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, cu_seq_lens=None) -> None:
         eos = self.config.eos_token_id
         if self._warned_not_eos or eos is None or self.config.pooling != "last_token":
             return
         eos_ids = torch.tensor(eos if isinstance(eos, list) else [eos], device=input_ids.device)
-        pooled_ids = input_ids.gather(1, last_token_index(attention_mask)[:, None])  # (B, 1)
+        if cu_seq_lens is not None:  # packed: each text's last token
+            pooled_ids = input_ids[0, cu_seq_lens[1:].long() - 1][:, None]  # (B, 1)
+        else:
+            pooled_ids = input_ids.gather(1, last_token_index(attention_mask)[:, None])  # (B, 1)
         bad = ~torch.isin(pooled_ids[:, 0], eos_ids)  # (B,)
         if bad.any():
             self._warned_not_eos = True
@@ -278,9 +323,12 @@ class E5EmbeddingMixin:
             input_ids: `(batch, seq_len)` token ids, each row ending with EOS.
             attention_mask: `(batch, seq_len)`; all ones when omitted (no padding).
             position_ids, inputs_embeds, **kwargs: as for the family's model (`MistralModel`, `Qwen2Model`, ...).
+                A packed batch (`e5mistral.packing.pack_features`: `input_ids` `(1, N)`, `position_ids`
+                restarting per text, `cu_seq_lens_q`/`cu_seq_lens_k`, `max_length_q`/`max_length_k`) gives
+                one embedding per text, as its padded batch would.
 
         Returns:
-            [`E5MistralModelOutput`] with `pooler_output` of shape `(batch, hidden)`.
+            [`E5MistralModelOutput`] with `pooler_output` of shape `(batch, hidden)` (`(texts, hidden)` when packed).
         """
         kwargs.pop("use_cache", None)  # an encoder never caches
         if self.config.bidirectional:
@@ -295,22 +343,29 @@ class E5EmbeddingMixin:
                     f"E5MistralModel: attention_mask row {int(empty.nonzero()[0, 0])} is all zeros, so there is "
                     "no token to pool; every text needs at least its EOS token (an empty string tokenizes to EOS)."
                 )
-        outputs = super().forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=False,
-            **kwargs,
-        )
-        hidden = outputs.last_hidden_state  # (B, T, H)
+        cu_seq_lens = kwargs.get("cu_seq_lens_q")  # a packed batch (e5mistral.packing)
+        implementation = self.config._attn_implementation
+        if cu_seq_lens is not None:
+            implementation = _switch_to_packed_attention(self.config, attention_mask, position_ids)
+        try:
+            outputs = super().forward(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                inputs_embeds=inputs_embeds,
+                use_cache=False,
+                **kwargs,
+            )
+        finally:
+            self.config._attn_implementation = implementation
+        hidden = outputs.last_hidden_state  # (B, T, H); packed: (1, N, H)
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
         if input_ids is not None:
-            self._check_pooled_eos(input_ids, attention_mask)
+            self._check_pooled_eos(input_ids, attention_mask, cu_seq_lens)
         return E5MistralModelOutput(
             last_hidden_state=hidden,
-            pooler_output=self.pool(hidden, attention_mask),
+            pooler_output=self.pool(hidden, attention_mask, cu_seq_lens),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
@@ -419,6 +474,8 @@ def e5_model_class(backbone: str) -> type:
 __all__ = [
     "DEFAULT_PROMPTS",
     "E5_MODEL_CLASSES",
+    "PACKABLE_ATTENTION",
+    "PACKED_ATTENTION",
     "CheckpointMismatchError",
     "E5EmbeddingMixin",
     "E5Gemma2Model",

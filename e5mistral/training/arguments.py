@@ -74,11 +74,16 @@ class E5TrainingArguments(TrainingArguments):
     chunk_positions: int = field(
         default=2048,
         metadata={
-            "help": "Without GradCache, each side is embedded in length-sorted chunks of at most this many "
-            "padded positions (rows x longest text), cut where they save the most padding for the fewest "
-            "forwards (`e5mistral.batching.plan_chunks`): one graph and the same gradients as one forward, without "
-            "computing most of the padding. 0: one forward per side. Raise it under ZeRO-3, where every "
-            "forward gathers the weights again."
+            "help": "Without GradCache, each side runs as length-sorted chunks of at most this many padded "
+            "positions (rows x longest text, e5mistral.batching.plan_chunks): one forward's gradients, less "
+            "padding. 0: one forward per side; raise it under ZeRO-3."
+        },
+    )
+    padding_free: bool = field(
+        default=False,
+        metadata={
+            "help": "Pack each forward's texts in one row, no padding (e5mistral.packing): same loss and gradients. "
+            "Causal models; sdpa, eager, flash or flex attention. Ignores chunk_positions."
         },
     )
     gather_across_devices: bool = field(

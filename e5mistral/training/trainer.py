@@ -45,6 +45,7 @@ from e5mistral.errors import UserError
 from e5mistral.evaluation.metrics import retrieval_metrics
 from e5mistral.evaluation.retrieval import exact_search
 from e5mistral.instructions import format_query
+from e5mistral.packing import check_packable, pack_features
 from e5mistral.tokenization import clamp_max_length
 from e5mistral.training.arguments import E5TrainingArguments
 from e5mistral.training.collator import E5Collator
@@ -66,6 +67,17 @@ logger = logging.getLogger(__name__)
 
 def _embed(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(input_ids=features["input_ids"], attention_mask=features["attention_mask"]).pooler_output  # (B, H)
+
+
+def _embed_packed(model: nn.Module, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`_embed` of the padding-free form of ``features`` (``padding_free``): the same ``(B, H)``, no padding computed.
+
+    The packed tensors are keyword arguments of the outermost ``model(...)``, so they pass through
+    peft, DDP, FSDP2 and DeepSpeed wrappers to :class:`~e5mistral.E5EmbeddingMixin`'s forward.
+
+    Example: ``_embed_packed(model, tokenizer(texts, padding=True, return_tensors="pt"))`` -> ``(len(texts), H)``.
+    """
+    return model(**pack_features(features)).pooler_output  # (B, H)
 
 
 class E5Trainer(Trainer):
@@ -113,6 +125,8 @@ class E5Trainer(Trainer):
             setattr(args, name, clamp_max_length(getattr(args, name), max_positions, name))
         check_dims(args, model.config)
         check_tasks(args, train_dataset)
+        if args.padding_free:
+            check_packable(model.config)
         if peft_config is not None:
             model = get_peft_model(model, peft_config)
         if data_collator is None:
@@ -230,18 +244,20 @@ class E5Trainer(Trainer):
                 )
             return loss, accuracy
 
+        embed = _embed_packed if self.args.padding_free else _embed
         if self.args.uses_gradcache:
             sides = [inputs["query"], inputs["document"]]
             loss, accuracy = grad_cache(
-                model, _embed, sides, loss_from_embeddings, self.args.mini_batch_size, self.args.mini_batch_positions
+                model, embed, sides, loss_from_embeddings, self.args.mini_batch_size, self.args.mini_batch_positions
             )
         else:
-            # One graph for the whole batch, embedded in length-sorted chunks: no compute on most padding.
-            if self.args.chunk_positions:
-                queries = embed_length_sorted(model, _embed, inputs["query"], self.args.chunk_positions)  # (B, H)
-                documents = embed_length_sorted(model, _embed, inputs["document"], self.args.chunk_positions)  # (D, H)
+            # One graph for the whole batch, embedded in length-sorted chunks: no compute on most padding
+            # (padding_free: one packed forward per side, no padding at all).
+            if self.args.chunk_positions and not self.args.padding_free:
+                queries = embed_length_sorted(model, embed, inputs["query"], self.args.chunk_positions)  # (B, H)
+                documents = embed_length_sorted(model, embed, inputs["document"], self.args.chunk_positions)  # (D, H)
             else:
-                queries, documents = _embed(model, inputs["query"]), _embed(model, inputs["document"])
+                queries, documents = embed(model, inputs["query"]), embed(model, inputs["document"])
             loss, accuracy = loss_from_embeddings(queries, documents)
         if model.training:
             self._train_accuracy.append(accuracy)
@@ -335,7 +351,12 @@ class E5Trainer(Trainer):
         qrels = {f"q{i}": {corpus[positive]: 1} for i, positive in enumerate(dataset["positive"])}
 
         with self._model_for_evaluation() as model, self.compute_loss_context_manager():
-            embedder = E5Embedder(model, self.processing_class, batch_size=self.args.per_device_eval_batch_size)
+            embedder = E5Embedder(
+                model,
+                self.processing_class,
+                batch_size=self.args.per_device_eval_batch_size,
+                padding_free=self.args.padding_free,
+            )
             query_embeddings = embedder.encode(queries, max_length=self.args.query_max_length)  # (Q, H)
             document_embeddings = embedder.encode(list(corpus), max_length=self.args.passage_max_length)  # (D, H)
         top_scores, top_docs = exact_search(query_embeddings, document_embeddings, max(k_values))  # (Q, k)
