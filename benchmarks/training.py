@@ -11,7 +11,7 @@ from .harness import TEMPERATURE, Section, fmt
 from .workload import Bench
 
 # Our run -> the reference runs it is measured against; the reference's fastest one counts.
-PAIRS = {"e5": ("st",), "e5_gradcache": ("st_cached", "st_cached_rows")}
+PAIRS = {"e5": ("st",), "e5_gradcache": ("st_cached", "st_cached_rows"), "e5_packed": ("st",)}
 REFERENCE_NAMES = {
     "st": "MultipleNegativesRankingLoss",
     "st_cached": "CachedMNRL, mini_batch_num_tokens",
@@ -47,6 +47,7 @@ def section_training(bench: Bench) -> Section:
         compare(sec, b, f"{shape}, plain", "e5", PAIRS["e5"])
         references = PAIRS["e5_gradcache"] if b is bench else (fastest_reference(bench, PAIRS["e5_gradcache"]),)
         compare(sec, b, f"{shape}, GradCache {s.mini_batch_tokens} tokens", "e5_gradcache", references)
+        compare(sec, b, f"{shape}, plain, padding-free", "e5_packed", PAIRS["e5_packed"])
     sec.notes.append(
         f"{bench.label} model: {bench.batch} rows per step (query with instruction, positive, 1 hard negative), every text "
         f"truncated to {bench.max_length} tokens, {s.warmup_steps} warm-up step(s) then {bench.steps} timed, "

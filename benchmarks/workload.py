@@ -266,6 +266,7 @@ def run_options(name: str, settings: Settings) -> tuple:
     - ``e5_gradcache`` / ``st_cached``: GradCache with the same token budget per forward on both sides:
       ``mini_batch_positions`` (padded positions, ours) and CachedMNRL's ``mini_batch_num_tokens`` (real tokens).
     - ``..._rows``: GradCache with ``settings.mini_batch`` rows per forward (both sides' defaults).
+    - ``..._packed``: ours with ``padding_free`` (each forward's texts packed in one row, no padding).
     """
     budget = settings.mini_batch_tokens
     table = {
@@ -274,6 +275,8 @@ def run_options(name: str, settings: Settings) -> tuple:
         "e5_gradcache": (train_e5, None, {"mini_batch_positions": budget}),
         "st_cached": (train_st, None, {"mini_batch_num_tokens": budget}),
         "e5_gradcache_rows": (train_e5, settings.mini_batch, {}),
+        "e5_packed": (train_e5, None, {"padding_free": True}),
+        "e5_gradcache_packed": (train_e5, None, {"mini_batch_positions": budget, "padding_free": True}),
         "st_cached_rows": (train_st, settings.mini_batch, {}),
     }
     if name not in table:
