@@ -7,8 +7,6 @@ Example: ``print(section_gradcache(bench).text())``; ``run_memory_probe(256, 32,
 
 from __future__ import annotations
 
-import json
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .harness import Section, Settings, child_process, fmt
+from .harness import Section, Settings, fmt, run_probe
 from .workload import Bench, bench_config, make_rows, train_e5
 
 
@@ -64,11 +62,7 @@ def memory_probe(spec: dict) -> dict:
 
 def run_memory_probe(batch: int, mini_batch: int | None, settings: Settings, threads: int) -> dict:
     spec = {"batch": batch, "mini_batch": mini_batch, "threads": threads, "settings": asdict(settings)}
-    command, env = child_process("--memory-probe", json.dumps(spec))
-    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=1800, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory probe batch={batch} mini_batch={mini_batch} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_probe("--memory-probe", spec, f"memory probe batch={batch} mini_batch={mini_batch}")
 
 
 def section_gradcache(bench: Bench) -> Section:

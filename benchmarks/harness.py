@@ -222,6 +222,21 @@ def child_process(*flags: str) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "benchmarks", *flags], {**os.environ, "PYTHONPATH": path}
 
 
+def run_probe(flag: str, spec: dict, what: str) -> dict:
+    """Run ``python -m benchmarks FLAG SPEC`` in a fresh process; the JSON its last line prints.
+
+    Example: ``run_probe("--memory-probe", spec, "memory probe batch=256")``.
+    """
+    import json
+    import subprocess
+
+    command, env = child_process(flag, json.dumps(spec))
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=1800, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure_matmul(n: int, dtype=None, device: str = "cpu", seconds: float = 1.0) -> float:
     """Best FLOP/s of ``(n, n) @ (n, n)`` (``dtype`` default float32) over about ``seconds`` of repeats (2 n^3 FLOP each)."""
     import torch

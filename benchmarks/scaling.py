@@ -18,8 +18,6 @@ Example: ``print(section_scaling(bench).text())``; ``run_search_probe("blocked",
 
 from __future__ import annotations
 
-import json
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .gradcache import read_status_kb, run_memory_probe
-from .harness import Section, Settings, child_process, fmt
+from .harness import Section, Settings, fmt, run_probe
 from .workload import Bench
 
 
@@ -87,11 +85,7 @@ def search_probe(spec: dict) -> dict:
 
 def run_search_probe(side: str, size: int, settings: Settings, threads: int) -> dict:
     spec = {"side": side, "size": size, "threads": threads, "settings": asdict(settings)}
-    command, env = child_process("--search-probe", json.dumps(spec))
-    proc = subprocess.run(command, check=False, capture_output=True, text=True, timeout=1800, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"search probe {side} size={size} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_probe("--search-probe", spec, f"search probe {side} size={size}")
 
 
 def search_rows(sec: Section, s: Settings, threads: int) -> None:
