@@ -65,25 +65,20 @@ class E5TrainingArguments(TrainingArguments):
     mini_batch_positions: int | None = field(
         default=None,
         metadata={
-            "help": "GradCache with a token budget: at most this many padded positions (rows x longest text) "
-            "per forward pass, cut from the length-sorted batch, so short texts share big forwards and long "
-            "ones get small ones; memory is bounded by the budget. Alone or with `mini_batch_size` (then both "
-            "limits hold). Unset: mini-batches of `mini_batch_size` rows."
+            "help": "GradCache by a token budget: padded positions per forward."
         },
     )
     chunk_positions: int = field(
         default=2048,
         metadata={
-            "help": "Without GradCache, each side runs as length-sorted chunks of at most this many padded "
-            "positions (rows x longest text, e5mistral.batching.plan_chunks): one forward's gradients, less "
-            "padding. 0: one forward per side; raise it under ZeRO-3."
+            "help": "Without GradCache, length-sorted chunks of at most this many padded positions (one "
+            "forward's gradients, less padding); 0: one forward per side."
         },
     )
     padding_free: bool = field(
         default=False,
         metadata={
-            "help": "Pack each forward's texts in one row, no padding (e5mistral.packing): same loss and gradients. "
-            "Causal models; sdpa, eager, flash or flex attention. Ignores chunk_positions."
+            "help": "Pack each forward's texts in one row, no padding (same loss and gradients)."
         },
     )
     gather_across_devices: bool = field(
