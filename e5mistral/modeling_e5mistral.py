@@ -344,9 +344,8 @@ class E5EmbeddingMixin:
                     "no token to pool; every text needs at least its EOS token (an empty string tokenizes to EOS)."
                 )
         cu_seq_lens = kwargs.get("cu_seq_lens_q")  # a packed batch (e5mistral.packing)
-        implementation = self.config._attn_implementation
-        if cu_seq_lens is not None:
-            implementation = _switch_to_packed_attention(self.config, attention_mask, position_ids)
+        # Only a packed forward switches the attention (and restores it after); a padded one leaves the config alone.
+        restore = _switch_to_packed_attention(self.config, attention_mask, position_ids) if cu_seq_lens is not None else None
         try:
             outputs = super().forward(
                 input_ids=input_ids,
@@ -357,7 +356,8 @@ class E5EmbeddingMixin:
                 **kwargs,
             )
         finally:
-            self.config._attn_implementation = implementation
+            if cu_seq_lens is not None:
+                self.config._attn_implementation = restore
         hidden = outputs.last_hidden_state  # (B, T, H); packed: (1, N, H)
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
