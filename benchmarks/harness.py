@@ -83,14 +83,8 @@ class Settings:
     gpu_query_length: int = 128
     gpu_document_length: int = 512
     gpu_steps: int = 3
-    # Local generation (section 7): the generator's shape (SmolLM2-135M's), new tokens per request, prompt
-    # length in words, requests per run (more when the batch is larger), the batch sizes and the headline one.
-    gen_layers: int = 30
-    gen_hidden: int = 576
-    gen_intermediate: int = 1536
-    gen_heads: int = 9
-    gen_kv_heads: int = 3
-    gen_vocab: int = 49152
+    # Local generation (section 7), on the real_* shape: new tokens per request, prompt length in words,
+    # requests per run (more when the batch is larger), the batch sizes and the headline one.
     gen_new_tokens: int = 48
     gen_prompt_words: tuple[int, int] = (14, 28)
     gen_requests: int = 8
@@ -118,7 +112,7 @@ QUICK = Settings(
     encode_texts=16, encode_batch=8, repeats=1, matmul_n=256,
     latency=0.05, concurrencies=(1, 8), rounds=2,
     gpu_batch=2, gpu_query_length=16, gpu_document_length=32, gpu_steps=1,
-    gen_layers=2, gen_hidden=64, gen_intermediate=128, gen_heads=4, gen_kv_heads=2, gen_new_tokens=4,
+    gen_new_tokens=4,
     gen_prompt_words=(4, 8), gen_batches=(1, 8), gen_repeats=1,
     search_sizes=(1000, 4000), search_queries=50, search_dim=32, search_block=1024, search_repeats=1,
     growth_batches=(16, 64),
@@ -220,6 +214,16 @@ def child_process(*flags: str) -> tuple[list[str], dict[str, str]]:
     """Command and environment of ``python -m benchmarks FLAGS`` in a child process, wherever this one runs."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     return [sys.executable, "-m", "benchmarks", *flags], {**os.environ, "PYTHONPATH": path}
+
+
+def real_shape(settings: Settings) -> dict:
+    """The SmolLM2-135M shape of ``settings.real_*`` as Llama config keywords (vocabulary apart).
+
+    Example: ``LlamaConfig(vocab_size=settings.real_vocab, **real_shape(settings))``.
+    """
+    s = settings
+    return dict(hidden_size=s.real_hidden, intermediate_size=s.real_intermediate, num_hidden_layers=s.real_layers,
+                num_attention_heads=s.real_heads, num_key_value_heads=s.real_kv_heads, rope_theta=100000.0)
 
 
 def run_probe(flag: str, spec: dict, what: str) -> dict:

@@ -28,14 +28,14 @@ from pathlib import Path
 
 import torch
 
-from .harness import Section, Settings, fmt
+from .harness import Section, Settings, fmt, real_shape
 from .workload import Bench
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}assistant:"
 
 
 def make_generation_model(settings: Settings, folder: Path) -> Path:
-    """Save the random Llama of ``settings.gen_*`` (SmolLM2-135M's shape at full settings) with the tiny tokenizer."""
+    """Save the random Llama of ``settings.real_*`` (SmolLM2-135M's shape at full settings) with the tiny tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from e5mistral.testing import make_tiny_tokenizer, tiny_backbone_kwargs
@@ -44,9 +44,8 @@ def make_generation_model(settings: Settings, folder: Path) -> Path:
     tokenizer = make_tiny_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(**tiny_backbone_kwargs(
-        "llama", vocab_size=s.gen_vocab, hidden_size=s.gen_hidden, intermediate_size=s.gen_intermediate,
-        num_hidden_layers=s.gen_layers, num_attention_heads=s.gen_heads, num_key_value_heads=s.gen_kv_heads,
-        max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=100000.0, attention_bias=False,
+        "llama", vocab_size=s.real_vocab, **real_shape(s),
+        max_position_embeddings=2048, tie_word_embeddings=True, attention_bias=False,
     ))
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).float().eval()
@@ -109,7 +108,7 @@ def section_local_generation(bench: Bench) -> Section:
     backend = TransformersChatBackend(str(folder), max_new_tokens=s.gen_new_tokens, device="cpu",
                                       torch_dtype="float32", json_mode="schema" if constrained else "off")
     real_eos = backend.eos_token_ids
-    backend.json_mode, backend.eos_token_ids = "off", [s.gen_vocab]  # plain path; an EOS the model cannot emit
+    backend.json_mode, backend.eos_token_ids = "off", [s.real_vocab]  # plain path; an EOS the model cannot emit
     prompt_tokens = [len(backend._prompt_ids(m)) for m in make_conversations(max(s.gen_batches), s)]
     timed_requests(backend, make_conversations(2, s, seed=99), 2)  # warm-up: first-call costs, both shapes
     best: dict[int, tuple[float, int, int]] = {}  # batch -> (seconds, tokens, requests)
@@ -144,7 +143,7 @@ def section_local_generation(bench: Bench) -> Section:
         backend.json_mode, backend.eos_token_ids = "schema", real_eos
         schema = answer_schema("sts", "example")
         seconds, tokens = timed_requests(backend, make_conversations(main, s), main, schema=schema)
-        backend.json_mode, backend.eos_token_ids = "off", [s.gen_vocab]
+        backend.json_mode, backend.eos_token_ids = "off", [s.real_vocab]
         seconds_plain, tokens_plain = best[main][0] * main / best[main][2], best[main][1] * main / best[main][2]
         c_rate = tokens / seconds
         sec.add(f"batch {main} with the JSON schema enforced (llguidance; vs plain batch {main})", fmt(c_rate, "tok/s"),
@@ -156,8 +155,8 @@ def section_local_generation(bench: Bench) -> Section:
     else:
         sec.notes.append("llguidance is not installed: no schema-constrained row.")
     sec.notes.append(
-        f"Model: random LlamaForCausalLM, {s.gen_layers} layers x {s.gen_hidden} hidden, FFN {s.gen_intermediate}, "
-        f"{s.gen_heads} heads / {s.gen_kv_heads} KV heads, vocab {s.gen_vocab}, tied embeddings, fp32, CPU "
+        f"Model: random LlamaForCausalLM, {s.real_layers} layers x {s.real_hidden} hidden, FFN {s.real_intermediate}, "
+        f"{s.real_heads} heads / {s.real_kv_heads} KV heads, vocab {s.real_vocab}, tied embeddings, fp32, CPU "
         f"(SmolLM2-135M's shape at full settings); tokenizer: the tiny one ({len(backend.tokenizer)} tokens) with a "
         f"plain chat template. Prompts of {min(prompt_tokens)}-{max(prompt_tokens)} tokens (left-padded in a batch), "
         f"{s.gen_new_tokens} new tokens per request."

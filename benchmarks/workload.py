@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .harness import TEMPERATURE, Settings, measure_matmul
+from .harness import TEMPERATURE, Settings, measure_matmul, real_shape
 
 
 def bench_config(settings: Settings, vocab_size: int, memory: bool = False, shape: str = "bench"):
@@ -37,10 +37,7 @@ def bench_config(settings: Settings, vocab_size: int, memory: bool = False, shap
                     num_attention_heads=max(2, hidden // 64), num_key_value_heads=max(1, hidden // 256))
         return tiny_backbone_config("mistral", vocab_size, **dims)
     if shape == "real":
-        dims = dict(hidden_size=settings.real_hidden, intermediate_size=settings.real_intermediate,
-                    num_hidden_layers=settings.real_layers, num_attention_heads=settings.real_heads,
-                    num_key_value_heads=settings.real_kv_heads, rope_theta=100000.0)
-        return tiny_backbone_config("llama", max(vocab_size, settings.real_vocab), **dims)
+        return tiny_backbone_config("llama", max(vocab_size, settings.real_vocab), **real_shape(settings))
     dims = dict(hidden_size=settings.hidden, intermediate_size=settings.intermediate,
                 num_hidden_layers=settings.layers, num_attention_heads=settings.heads,
                 num_key_value_heads=settings.kv_heads)
