@@ -16,7 +16,13 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from e5mistral import E5Embedder
 from e5mistral.packing import PACKED_ATTENTION, check_packable, pack_features
-from e5mistral.testing import assert_close, make_tiny_backbone_model, make_tiny_model, make_tiny_tokenizer
+from e5mistral.testing import (
+    assert_close,
+    make_tiny_backbone_model,
+    make_tiny_model,
+    make_tiny_tokenizer,
+    sgd_step_arguments,
+)
 from e5mistral.training.arguments import LORA_TARGET_MODULES
 from e5mistral.training.gradcache import grad_cache
 from e5mistral.training.loss import info_nce
@@ -161,28 +167,6 @@ def _rows(n: int):
     return Dataset.from_list(rows)
 
 
-def _train_args(tmp_path, **overrides):
-    from e5mistral.training.arguments import E5TrainingArguments
-
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=8,
-        max_steps=1,
-        optim="sgd",
-        learning_rate=0.5,
-        lr_scheduler_type="constant",
-        weight_decay=0.0,
-        max_grad_norm=0.0,
-        temperature=0.05,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
-        seed=0,
-    )
-    return E5TrainingArguments(**{**defaults, **overrides})
-
-
 @pytest.mark.parametrize(
     "options",
     [{}, {"mini_batch_size": 3}, {"lora": True}, {"lora": True, "mini_batch_size": 2}],
@@ -202,7 +186,7 @@ def test_trainer_padding_free_step_equals_the_padded_step(tmp_path, options):
         torch.manual_seed(0)
         trainer = E5Trainer(
             copy.deepcopy(base).train(),
-            _train_args(tmp_path, padding_free=padding_free, **options),
+            sgd_step_arguments(tmp_path, padding_free=padding_free, **options),
             train_dataset=rows,
             processing_class=TOKENIZER,
             peft_config=peft_config,
@@ -229,7 +213,7 @@ def test_embedder_padding_free_equals_the_padded_embedder():
 def test_refusals_say_what_the_value_and_the_fix(tmp_path):
     bidirectional = make_tiny_model(TOKENIZER, bidirectional=True)
     with pytest.raises(ValueError, match=r"padding_free=True with bidirectional=True.*padding_free=False"):
-        E5Trainer(bidirectional, _train_args(tmp_path, padding_free=True), train_dataset=_rows(8), processing_class=TOKENIZER)
+        E5Trainer(bidirectional, sgd_step_arguments(tmp_path, padding_free=True), train_dataset=_rows(8), processing_class=TOKENIZER)
     with pytest.raises(ValueError, match="bidirectional=True"):
         bidirectional(**pack_features(padded()))  # the model itself refuses too, never a silent wrong result
 

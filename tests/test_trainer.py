@@ -15,8 +15,14 @@ from transformers import AutoModel, EarlyStoppingCallback
 
 from e5mistral import E5Embedder, E5MistralModel, format_query
 from e5mistral.merging import load_for_merge
-from e5mistral.testing import assert_close, make_tiny_model, make_tiny_model_folder, make_tiny_tokenizer
-from e5mistral.training.arguments import LORA_TARGET_MODULES, E5TrainingArguments
+from e5mistral.testing import (
+    assert_close,
+    make_tiny_model,
+    make_tiny_model_folder,
+    make_tiny_tokenizer,
+    sgd_step_arguments,
+)
+from e5mistral.training.arguments import LORA_TARGET_MODULES
 from e5mistral.training.collator import E5Collator
 from e5mistral.training.loss import info_nce
 from e5mistral.training.run_record import RunRecord
@@ -57,24 +63,7 @@ def make_rows(n: int, seed: int = 0, tasks=("retrieval", "sts")) -> Dataset:
     return Dataset.from_list(rows)
 
 
-def args(tmp_path, **overrides) -> E5TrainingArguments:
-    defaults = {
-        "output_dir": str(tmp_path / "out"),
-        "per_device_train_batch_size": 8,
-        "max_steps": 1,
-        "optim": "sgd",
-        "learning_rate": 0.5,
-        "lr_scheduler_type": "constant",
-        "weight_decay": 0.0,
-        "max_grad_norm": 0.0,
-        "temperature": 0.05,
-        "report_to": "none",
-        "save_strategy": "no",
-        "disable_tqdm": True,
-        "dataloader_pin_memory": False,
-        "seed": 0,
-    }
-    return E5TrainingArguments(**{**defaults, **overrides})
+args = sgd_step_arguments  # one plain SGD step, comparable with manual_sgd_step
 
 
 def manual_sgd_step(model, rows, lr=0.5, temperature=0.05):

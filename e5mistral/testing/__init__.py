@@ -258,6 +258,22 @@ _BACKBONE_OVERRIDES = {
 }
 
 
+def sgd_step_arguments(tmp_path, **overrides):
+    """``E5TrainingArguments`` of one plain SGD step (lr 0.5, no decay, clipping, saving or logging), the
+    setting in which a trainer step is compared with a hand-written one; ``overrides`` win.
+
+    Example: ``E5Trainer(model, sgd_step_arguments(tmp_path, mini_batch_size=2), train_dataset=rows, ...)``.
+    """
+    from e5mistral.training.arguments import E5TrainingArguments
+
+    defaults = dict(
+        output_dir=str(Path(tmp_path) / "out"), per_device_train_batch_size=8, max_steps=1, optim="sgd",
+        learning_rate=0.5, lr_scheduler_type="constant", weight_decay=0.0, max_grad_norm=0.0, temperature=0.05,
+        report_to="none", save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False, seed=0,
+    )
+    return E5TrainingArguments(**{**defaults, **overrides})
+
+
 def tiny_backbone_kwargs(backbone: str, vocab_size: int = 1000, **overrides) -> dict:
     """The config arguments of a few-thousand-parameter model of ``backbone``'s family.
 

@@ -64,9 +64,7 @@ class E5TrainingArguments(TrainingArguments):
     )
     mini_batch_positions: int | None = field(
         default=None,
-        metadata={
-            "help": "GradCache by a token budget: padded positions per forward."
-        },
+        metadata={"help": "GradCache by a token budget: padded positions per forward."},
     )
     chunk_positions: int = field(
         default=2048,
@@ -77,9 +75,7 @@ class E5TrainingArguments(TrainingArguments):
     )
     padding_free: bool = field(
         default=False,
-        metadata={
-            "help": "Pack each forward's texts in one row, no padding (same loss and gradients)."
-        },
+        metadata={"help": "Pack each forward's texts in one row, no padding (same loss and gradients)."},
     )
     gather_across_devices: bool = field(
         default=True,
@@ -190,7 +186,8 @@ class E5TrainingArguments(TrainingArguments):
                 "gradient is shared: launch with an accelerate config (`accelerate launch --config_file "
                 "configs/accelerate/ddp.yaml ...`, or fsdp.yaml / deepspeed_zero3.yaml)."
             )
-        if self.mini_batch_positions is None and self.mini_batch_size is not None and self.mini_batch_size >= self.per_device_train_batch_size:
+        rows_only = self.mini_batch_positions is None and self.mini_batch_size is not None
+        if rows_only and self.mini_batch_size >= self.per_device_train_batch_size:
             logger.warning(
                 f"mini_batch_size={self.mini_batch_size} >= per_device_train_batch_size="
                 f"{self.per_device_train_batch_size}: GradCache saves no memory here and only adds a second forward."

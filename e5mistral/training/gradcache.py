@@ -99,7 +99,7 @@ def split_features(features: Features, mini_batch_size: int) -> list[Features]:
         >>> [tuple(c["input_ids"].shape) for c in split_features(f, 2)]
         [(2, 2), (1, 3)]
     """
-    return cut_rows(features, plan_mini_batches({"input_ids": features["input_ids"]}, mini_batch_size))
+    return cut_rows(features, plan_mini_batches(features, mini_batch_size))
 
 
 def cut_rows(features: Features, ranges: Sequence[range]) -> list[Features]:
