@@ -112,6 +112,7 @@ def section_local_generation(bench: Bench) -> Section:
     prompt_tokens = [len(backend._prompt_ids(m)) for m in make_conversations(max(s.gen_batches), s)]
     timed_requests(backend, make_conversations(2, s, seed=99), 2)  # warm-up: first-call costs, both shapes
     best: dict[int, tuple[float, int, int]] = {}  # batch -> (seconds, tokens, requests)
+    every: dict[int, list[float]] = {}  # batch -> tokens/s of each repeat (the run-to-run spread)
     for repeat in range(s.gen_repeats):  # alternate, so a slow spell on a shared machine hits every size
         for batch in s.gen_batches:
             n = max(s.gen_requests, batch)
@@ -119,6 +120,7 @@ def section_local_generation(bench: Bench) -> Section:
             seconds, tokens = timed_requests(backend, make_conversations(n, s), batch)
             if tokens != n * s.gen_new_tokens:
                 sec.notes.append(f"batch {batch}: {tokens} tokens generated for {n} x {s.gen_new_tokens} planned.")
+            every.setdefault(batch, []).append(tokens / seconds)
             if batch not in best or seconds < best[batch][0]:
                 best[batch] = (seconds, tokens, n)
     rate = {b: tokens / seconds for b, (seconds, tokens, _) in best.items()}
@@ -131,6 +133,8 @@ def section_local_generation(bench: Bench) -> Section:
             continue
         sec.add(f"generated tokens/s, batch {batch} ({best[batch][2]} requests; vs batch 1)",
                 fmt(rate[batch], "tok/s"), fmt(rate[one], "tok/s"), rate[batch] / rate[one])
+    spread = ", ".join(f"{b / a:.2f}x" for a, b in zip(every[one], every[main]))
+    sec.notes.append(f"Batch {main} / batch 1 per alternating repeat (run-to-run spread): {spread}.")
     table = ", ".join(f"batch {b}: {rate[b]:.0f} tok/s, {best[b][0] / best[b][2]:.2f} s per request "
                       f"({best[b][2]} requests in {best[b][0]:.1f} s)" for b in s.gen_batches)
     sec.notes.append(f"How generation grows with the batch (seconds per request = wall time / requests): {table}.")
