@@ -128,10 +128,9 @@ def search_rows(sec: Section, s: Settings, threads: int) -> None:
         + ", ".join(f"{fmt(probes[n, 'blocked']['corpus_mb'], 'MB')} at {n:,}" for n in s.search_sizes) + ". "
         f"Seconds per million documents ({s.search_queries} queries): {per_doc}: the time is the matrix product, "
         f"so it grows with documents x queries x dim. Peak: the naive side holds all Q x N scores "
-        f"({fmt(s.search_queries * large * 4 / 2**20, 'MB')} at {large:,}); ours a few blocks' worth (one block's "
-        f"scores are {fmt(block_mb, 'MB')}; the previous block's scores are still held while the next product is "
-        "computed, and the tie check in `_merge_top_k`, `(scores >= kth).sum(dim=1)`, makes an int64 copy of the "
-        "block's mask, twice the scores' size), the same at every size past one block; "
+        f"({fmt(s.search_queries * large * 4 / 2**20, 'MB')} at {large:,}); ours one block's scores "
+        f"({fmt(block_mb, 'MB')}, freed before the next block is scored) and its top k, the same at every size "
+        "past one block; "
         "each (size, side) in its own process, the peak RSS (VmHWM) reset once the vectors are in memory."
     )
 

@@ -56,6 +56,27 @@ def test_exact_search_takes_lazy_blocks_and_checks_shapes():
         exact_search(q, d, top_k=0)
 
 
+def test_exact_search_holds_one_block_at_a_time():
+    """When the next block is embedded, the previous block (and its scores) are already freed."""
+    import weakref
+
+    q = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    d = torch.nn.functional.normalize(torch.randn(50, 8), dim=-1)
+    previous, alive = [], []
+
+    def blocks():
+        for start in range(0, 50, 10):
+            alive.append(any(ref() is not None for ref in previous))
+            block = d[start : start + 10].clone()  # a fresh tensor, as an embedder's block is
+            previous.append(weakref.ref(block))
+            yield block
+            del block
+
+    _, idx = exact_search(q, blocks(), top_k=4)
+    assert torch.equal(idx, _full_search(q, d, 4)[1])
+    assert alive == [False] * 5
+
+
 class BagOfWordsEmbedder:
     """A deterministic stand-in for E5Embedder that records what it was asked to embed.
 

@@ -129,10 +129,12 @@ def _merge_top_k(
     scores: (Q, B), the block's columns are corpus indices offset .. offset + B - 1.
     """
     k = min(top_k, scores.shape[1])
-    vals, cols = scores.topk(k, dim=1)  # (Q, k); which tied element topk keeps is unspecified
-    # Rows where the k-th value is shared by more than k elements: choose by stable sort instead.
-    tied = (scores >= vals[:, -1:]).sum(dim=1) > k  # (Q,)
-    if tied.any():
+    # One more than needed: the (k+1)-th best equal to the k-th means more than k elements reach the k-th value,
+    # and which of those topk keeps is unspecified. No (Q, B)-sized mask is built to find those rows.
+    vals, cols = scores.topk(min(k + 1, scores.shape[1]), dim=1)  # (Q, k or k + 1)
+    tied = vals[:, k] == vals[:, k - 1] if vals.shape[1] > k else vals.new_zeros(vals.shape[0], dtype=torch.bool)
+    vals, cols = vals[:, :k], cols[:, :k]
+    if tied.any():  # those rows: choose by stable sort instead
         rows = tied.nonzero().squeeze(1)
         stable_vals, stable_cols = scores[rows].sort(dim=1, descending=True, stable=True)  # (R, B)
         vals[rows], cols[rows] = stable_vals[:, :k], stable_cols[:, :k]
@@ -197,6 +199,7 @@ def exact_search(
         scores = query_embeddings @ block.T  # (Q, B)
         best_scores, best_idx = _merge_top_k(best_scores, best_idx, scores, offset, top_k)
         offset += block.shape[0]
+        del block, scores  # not held while the next block is embedded and scored: one block's memory at a time
     if torch.isnan(best_scores).any():
         raise ValueError(
             "exact_search: scores contain NaN; the embeddings contain NaN (check the model's dtype and inputs)."
