@@ -25,7 +25,8 @@ TopK). Without a margin the window is ranks ``[rank_start, rank_end)``, as befor
 difference: sentence-transformers' pool is the ``range_max + max_positives`` best documents,
 positives included, where ``max_positives`` is the most positives any query has. That is the same
 pool for a query with that many positives, all of them in it; a query with fewer gets a slightly
-deeper pool there.
+deeper pool there. From 6.3 on it retrieves one document more (room to drop the query's own text),
+so where the query's text is not in the corpus, its pool under a margin is one document deeper.
 
 Resumable and bounded in memory. The work folder ``<output>.mining/`` holds the corpus
 embeddings as a float32 ``.npy`` memory map, filled block by block, and ``state.json``. Rows
