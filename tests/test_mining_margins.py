@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from packaging.version import Version
 
 from e5mistral.cli import mine
 from e5mistral.mining import MiningConfig, mine_hard_negatives
@@ -19,7 +20,7 @@ NUM_QUERIES, NUM_DOCS, DIM = 14, 60, 12
 # sentence-transformers 6.3 retrieves one more candidate per query than 6.2 (room to drop a document equal to the
 # query's own text, which this corpus never holds), so with a margin its pool is one document deeper: the
 # margin's survivors among range_max + 1 documents. Ours with rank_end + 1 is then that pool.
-ST_POOL_EXTRA = int(tuple(int(x) for x in st.__version__.split(".")[:2]) >= (6, 3))
+ST_POOL_EXTRA = int(Version(st.__version__).release[:2] >= (6, 3))
 
 
 def _fixed_model(seed=0):
