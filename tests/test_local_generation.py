@@ -244,3 +244,32 @@ def test_generate_data_cli_asks_for_schemas_by_default(tmp_path, capsys):
         )  # fmt: skip
     assert code == 0 and seen == ["json_schema", "json_schema"]
     assert "sts                2 of 2 (100%)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)])
+def test_seeded_sampling_follows_the_softmax_and_never_picks_a_masked_token(temperature, top_p):
+    """Decoding's inverse-CDF sampler against the distribution it must draw from: 20,000 rows, each
+    with its own seeded generator, one step; every token's frequency within 5 binomial standard
+    deviations of its probability (after temperature and the top-p cut), a -inf token never drawn."""
+    from e5mistral.synthetic.llm.grammar import Decoding
+
+    rows = 20_000
+    logits = torch.tensor([2.0, 1.0, 0.5, float("-inf"), 0.0, -1.0, 1.5])
+    generators = [torch.Generator().manual_seed(seed) for seed in range(rows)]
+    decoding = Decoding([None] * rows, generators, temperature=temperature, top_p=top_p, eos_token_ids=[99],
+                        grammars=None)
+    out = decoding(torch.zeros((rows, 1), dtype=torch.long), logits.expand(rows, -1).clone())
+    assert torch.isfinite(out).sum(dim=1).eq(1).all()  # one token kept per row, the rest -inf
+    counts = torch.bincount(out.argmax(dim=1), minlength=len(logits)).double()
+
+    probs = torch.softmax(logits.double() / temperature, dim=0)
+    ordered, order = probs.sort(descending=True)
+    kept = torch.zeros_like(probs, dtype=torch.bool)
+    kept[order[(ordered.cumsum(0) - ordered) <= top_p]] = True  # the smallest set reaching top_p
+    expected = torch.where(kept, probs, 0.0)
+    expected = expected / expected.sum()
+    assert counts[3] == 0 and counts[~kept].sum() == 0
+    spread = (rows * expected * (1 - expected)).sqrt()
+    assert ((counts - rows * expected).abs() <= 5 * spread + 1).all(), (counts / rows, expected)
+    if top_p < 1:
+        assert (~kept).sum() >= 2  # the cut removed tokens here, so the check above tested it
