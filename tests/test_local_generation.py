@@ -273,3 +273,39 @@ def test_seeded_sampling_follows_the_softmax_and_never_picks_a_masked_token(temp
     assert ((counts - rows * expected).abs() <= 5 * spread + 1).all(), (counts / rows, expected)
     if top_p < 1:
         assert (~kept).sum() >= 2  # the cut removed tokens here, so the check above tested it
+
+
+def test_ctrl_c_ends_the_generate_call_in_flight_at_its_next_token(chat_folder):
+    """`generate` runs on the event loop's thread, so Ctrl-C must reach it: the SIGINT sent at the
+    40th decoding step ends the call at the next one (not after its 1800 planned tokens), the run
+    ends in KeyboardInterrupt as asyncio.run ends any interrupted run, and no answer is returned."""
+    import os
+    import signal
+
+    backend = backend_for(chat_folder, batch_size=2, json_mode="off", max_new_tokens=1800)
+    backend.eos_token_ids = [len(backend.tokenizer) + 10]  # a token the model cannot write: no early end
+    steps = []
+
+    def count_and_interrupt(module, args):
+        steps.append(1)
+        if len(steps) == 40:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    hook = backend.model.register_forward_pre_hook(count_and_interrupt)
+    answers = []
+
+    async def ask():
+        try:
+            answers.extend(await asyncio.gather(*(backend.chat([{"role": "user", "content": f"q{i}"}], seed=i)
+                                                  for i in range(2))))
+        finally:
+            await backend.aclose()
+
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            asyncio.run(ask())
+    finally:
+        hook.remove()
+    assert 40 <= len(steps) <= 42, len(steps)
+    assert answers == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler in place is restored
