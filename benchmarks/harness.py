@@ -90,10 +90,10 @@ class Settings:
     gen_requests: int = 8
     gen_batches: tuple[int, ...] = (1, 4, 8, 16)
     gen_batch: int = 8
-    gen_repeats: int = 2
+    gen_repeats: int = 3
     # How cost grows (section 8): exact search over random unit vectors (corpus sizes, queries, width, top k,
-    # the search's block size: the library's default), best of search_repeats; GradCache steps on section 3's
-    # memory-probe model at growth_batches rows, chunk memory_mini_batch.
+    # the search's block size: the library's default), best of search_repeats alternating rounds of fresh
+    # processes; GradCache steps on section 3's memory-probe model at growth_batches rows, chunk memory_mini_batch.
     search_sizes: tuple[int, ...] = (10_000, 40_000, 160_000)
     search_queries: int = 1000
     search_dim: int = 4096
