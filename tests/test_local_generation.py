@@ -309,3 +309,33 @@ def test_ctrl_c_ends_the_generate_call_in_flight_at_its_next_token(chat_folder):
     assert 40 <= len(steps) <= 42, len(steps)
     assert answers == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler in place is restored
+
+
+def test_an_interrupted_synchronous_generate_raises_instead_of_returning_cut_answers(chat_folder):
+    """`generate()` under a SIGINT handler that does not raise (a program's own "stop soon" flag):
+    the call still ends at the next token, and `generate` raises LLMError("interrupted") rather than
+    hand back the batch's cut-short answers as if they were finished."""
+    import os
+    import signal
+
+    from e5mistral.synthetic.llm.base import LLMError
+
+    backend = backend_for(chat_folder, batch_size=2, json_mode="off", max_new_tokens=1800)
+    backend.eos_token_ids = [len(backend.tokenizer) + 10]  # a token the model cannot write: no early end
+    steps, asked_to_stop = [], []
+
+    def count_and_interrupt(module, args):
+        steps.append(1)
+        if len(steps) == 40:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: asked_to_stop.append(signum))
+    hook = backend.model.register_forward_pre_hook(count_and_interrupt)
+    try:
+        with pytest.raises(LLMError, match="interrupted"):
+            backend.generate([[{"role": "user", "content": f"q{i}"}] for i in range(2)], seeds=[0, 1])
+    finally:
+        hook.remove()
+        signal.signal(signal.SIGINT, previous)
+    assert asked_to_stop == [signal.SIGINT]  # the program's own handler still ran
+    assert 40 <= len(steps) <= 42, len(steps)

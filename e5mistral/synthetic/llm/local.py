@@ -201,7 +201,7 @@ class TransformersChatBackend:
             pad_token_id=self.pad_token_id,
             eos_token_id=self.eos_token_ids,
         )
-        with self._lock, torch.no_grad(), self._abort_on_sigint():
+        with self._lock, torch.no_grad():
             output = self.model.generate(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention_mask.to(self.device),
@@ -226,7 +226,7 @@ class TransformersChatBackend:
 
     @contextlib.contextmanager
     def _abort_on_sigint(self):
-        """While a `generate` call runs on the main thread, Ctrl-C also sets the abort event (so the
+        """While a batch runs on the main thread, Ctrl-C also sets the abort event (so its `generate`
         call ends at its next token) before the handler in place (asyncio's, or Python's) runs."""
         previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
         if not callable(previous):  # another thread, SIG_IGN, SIG_DFL or a handler set outside Python: as is
@@ -264,7 +264,11 @@ class TransformersChatBackend:
         self._abort.clear()
         results: list[ChatResult] = []
         for start in range(0, len(pending), self.batch_size):
-            for result in self._run(pending[start : start + self.batch_size]):
+            with self._abort_on_sigint():
+                batch = self._run(pending[start : start + self.batch_size])
+            if self._abort.is_set():  # a SIGINT handler that did not raise: the batch was cut short
+                raise LLMError("interrupted", "generation was interrupted (SIGINT); the batch's answers are cut short")
+            for result in batch:
                 if isinstance(result, LLMError):
                     raise result
                 results.append(result)
@@ -294,7 +298,8 @@ class TransformersChatBackend:
             if not batch:
                 continue
             try:
-                results = self._run(batch)  # on this thread: see the class docstring
+                with self._abort_on_sigint():
+                    results = self._run(batch)  # on this thread: see the class docstring
             except Exception as error:  # noqa: BLE001 - a model fault: every request of the batch sees it
                 for pending in batch:
                     if not pending.future.done():
