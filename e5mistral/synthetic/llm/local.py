@@ -47,8 +47,9 @@ class TransformersChatBackend:
     The call runs on the event loop's own thread, the one that loaded the model: torch's OpenMP
     threads belong to the thread that starts them, and a second thread running the model (as
     `asyncio.to_thread` would) brings a second team, more busy threads than cores, and libgomp
-    then stops spin-waiting between operations: on 2 cores that cost 13% at batch 1 and up to 20%
-    at batch 8 (measured). Ctrl-C still ends the call at its next token, unrecorded.
+    then stops spin-waiting between operations: on 2 cores a worker thread took 15% longer at
+    batch 1 and 25% longer at batch 8 (means of 3 alternating runs). Ctrl-C still ends the call at
+    its next token, unrecorded.
     The request/response contract is :class:`EndpointPool`'s (`await chat(messages, seed=...,
     schema=...)` returns a :class:`ChatResult`), so resume and failure records work unchanged.
 
