@@ -99,6 +99,7 @@ def search_rows(sec: Section, s: Settings, threads: int) -> None:
     for key, probe_runs in runs.items():
         probes[key] = dict(min(probe_runs, key=lambda p: p["seconds"]),
                            peak_increase_mb=max(p["peak_increase_mb"] for p in probe_runs))
+
     def rounds(n):
         return ", ".join(f"{a['seconds'] / b['seconds']:.2f}x" for a, b in zip(runs[n, "blocked"], runs[n, "naive"]))
 

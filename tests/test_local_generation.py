@@ -275,23 +275,31 @@ def test_seeded_sampling_follows_the_softmax_and_never_picks_a_masked_token(temp
         assert (~kept).sum() >= 2  # the cut removed tokens here, so the check above tested it
 
 
-def test_ctrl_c_ends_the_generate_call_in_flight_at_its_next_token(chat_folder):
-    """`generate` runs on the event loop's thread, so Ctrl-C must reach it: the SIGINT sent at the
-    40th decoding step ends the call at the next one (not after its 1800 planned tokens), the run
-    ends in KeyboardInterrupt as asyncio.run ends any interrupted run, and no answer is returned."""
+def interrupt_at_step(backend, step: int) -> tuple[list[int], object]:
+    """Make `backend` write until stopped (an EOS it cannot produce) and send this process a SIGINT
+    at its `step`-th forward; returns the list that counts forwards and the hook to remove."""
     import os
     import signal
 
-    backend = backend_for(chat_folder, batch_size=2, json_mode="off", max_new_tokens=1800)
     backend.eos_token_ids = [len(backend.tokenizer) + 10]  # a token the model cannot write: no early end
     steps = []
 
     def count_and_interrupt(module, args):
         steps.append(1)
-        if len(steps) == 40:
+        if len(steps) == step:
             os.kill(os.getpid(), signal.SIGINT)
 
-    hook = backend.model.register_forward_pre_hook(count_and_interrupt)
+    return steps, backend.model.register_forward_pre_hook(count_and_interrupt)
+
+
+def test_ctrl_c_ends_the_generate_call_in_flight_at_its_next_token(chat_folder):
+    """`generate` runs on the event loop's thread, so Ctrl-C must reach it: the SIGINT sent at the
+    40th decoding step ends the call at the next one (not after its 1800 planned tokens), the run
+    ends in KeyboardInterrupt as asyncio.run ends any interrupted run, and no answer is returned."""
+    import signal
+
+    backend = backend_for(chat_folder, batch_size=2, json_mode="off", max_new_tokens=1800)
+    steps, hook = interrupt_at_step(backend, 40)
     answers = []
 
     async def ask():
@@ -315,22 +323,14 @@ def test_an_interrupted_synchronous_generate_raises_instead_of_returning_cut_ans
     """`generate()` under a SIGINT handler that does not raise (a program's own "stop soon" flag):
     the call still ends at the next token, and `generate` raises LLMError("interrupted") rather than
     hand back the batch's cut-short answers as if they were finished."""
-    import os
     import signal
 
     from e5mistral.synthetic.llm.base import LLMError
 
     backend = backend_for(chat_folder, batch_size=2, json_mode="off", max_new_tokens=1800)
-    backend.eos_token_ids = [len(backend.tokenizer) + 10]  # a token the model cannot write: no early end
-    steps, asked_to_stop = [], []
-
-    def count_and_interrupt(module, args):
-        steps.append(1)
-        if len(steps) == 40:
-            os.kill(os.getpid(), signal.SIGINT)
-
+    asked_to_stop = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: asked_to_stop.append(signum))
-    hook = backend.model.register_forward_pre_hook(count_and_interrupt)
+    steps, hook = interrupt_at_step(backend, 40)
     try:
         with pytest.raises(LLMError, match="interrupted"):
             backend.generate([[{"role": "user", "content": f"q{i}"}] for i in range(2)], seeds=[0, 1])

@@ -159,7 +159,12 @@ class TransformersChatBackend:
         return list(ids[0] if ids and isinstance(ids[0], list) else ids)
 
     def _run(self, batch: list[_Pending]) -> list[ChatResult | LLMError]:
-        """One `generate` call over `batch` (at most `batch_size`); an answer, or an LLMError, per request."""
+        """One `generate` call over `batch` (at most `batch_size`); an answer, or an LLMError, per request.
+        Ctrl-C during it sets the abort event (:meth:`_abort_on_sigint`): the caller drops the answers."""
+        with self._abort_on_sigint():
+            return self._generate_batch(batch)
+
+    def _generate_batch(self, batch: list[_Pending]) -> list[ChatResult | LLMError]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -265,8 +270,7 @@ class TransformersChatBackend:
         self._abort.clear()
         results: list[ChatResult] = []
         for start in range(0, len(pending), self.batch_size):
-            with self._abort_on_sigint():
-                batch = self._run(pending[start : start + self.batch_size])
+            batch = self._run(pending[start : start + self.batch_size])
             if self._abort.is_set():  # a SIGINT handler that did not raise: the batch was cut short
                 raise LLMError("interrupted", "generation was interrupted (SIGINT); the batch's answers are cut short")
             for result in batch:
@@ -299,8 +303,7 @@ class TransformersChatBackend:
             if not batch:
                 continue
             try:
-                with self._abort_on_sigint():
-                    results = self._run(batch)  # on this thread: see the class docstring
+                results = self._run(batch)  # on this thread: see the class docstring
             except Exception as error:  # noqa: BLE001 - a model fault: every request of the batch sees it
                 for pending in batch:
                     if not pending.future.done():
