@@ -234,3 +234,26 @@ def test_plan_chunks_trades_padding_against_forwards():
     assert [len(r) for r in plan_chunks(lengths, 4096, overhead=50)] == [3, 4, 3]  # the three length groups
     with pytest.raises(ValueError, match="sorted longest first"):
         plan_chunks([3, 5], 100)
+
+
+def test_the_last_mini_batch_keeps_its_graph_and_is_not_embedded_again():
+    """Of k mini-batches, step (1) embeds k - 1 without a graph and the last with one; the backward
+    re-embeds only the k - 1, starting after the kept one's graph is spent."""
+    torch.manual_seed(0)
+    model = DropoutEncoder(p=0.0)
+    calls, grads_at_replay = [], []
+
+    def counted(m, features):
+        calls.append((torch.is_grad_enabled(), features["input_ids"].shape[0]))
+        grads_at_replay.append(m.proj.weight.grad is not None)  # the kept backward already ran?
+        return embed(m, features)
+
+    loss, _ = grad_cache(model, counted, [QUERIES, DOCUMENTS], partial(info_nce, temperature=0.05), mini_batch_size=2)
+    k = 3 + 5  # 5 queries and 10 documents in mini-batches of 2
+    assert [grad for grad, _ in calls] == [False] * (k - 1) + [True]
+    assert calls[-1][1] == 2  # the documents' last mini-batch
+    before = len(calls)
+    loss.backward()
+    assert len(calls) - before == k - 1 and all(grad for grad, _ in calls[before:])
+    assert sum(rows for _, rows in calls[before:]) == 15 - 2  # every row but the kept ones, once
+    assert grads_at_replay[before:] == [True] * (k - 1)  # the kept graph went first, before any replay

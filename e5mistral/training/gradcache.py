@@ -12,6 +12,11 @@ softmax and bounds memory by the mini-batch size, in three steps:
         replaying its saved RNG state so dropout (LoRA's included) draws the same masks, and
         back-propagates ``<embedding, cached gradient>`` into the weights.
 
+The last forward of step (1) keeps its graph, and step (3) back-propagates through it first,
+before any replay: one forward fewer per step (of ``k`` mini-batches, ``k - 1`` are re-embedded),
+and memory still holds one mini-batch's activations at a time (the kept graph is freed before
+the first replay builds its own).
+
 The result is the gradient of the full-batch loss (tested against it to 1e-5). Step (2) runs
 inside the forward, so a cross-device gather in the loss (collective in both directions) happens
 on every rank at the same time. The temperature lives in ``loss_fn`` and is therefore respected.
@@ -271,11 +276,19 @@ def grad_cache(
         chunks.extend(_filler_chunk(features) for _ in range(count - len(chunks)))
     grad_enabled = torch.is_grad_enabled()
 
-    # Step (1): embed every mini-batch without a graph, saving the RNG state before each forward.
-    reps, random_states = [], []
-    for chunks, real in zip(chunked, real_counts):
+    # Step (1): embed every mini-batch without a graph, saving the RNG state before each forward;
+    # the last one (real or filler, so every process does the same) keeps its graph instead.
+    reps, random_states, kept = [], [], None
+    for side, (chunks, real) in enumerate(zip(chunked, real_counts)):
         side_reps, side_states = [], []
-        for chunk in chunks:
+        for index, chunk in enumerate(chunks):
+            if grad_enabled and side == len(chunked) - 1 and index == len(chunks) - 1:
+                alone = sum(len(c) for c in chunked) == 1  # then its backward is the last one, and reduces
+                with nullcontext() if alone else _forward_without_reduction(model):
+                    kept = embed(model, chunk)  # (b, H), with a graph
+                side_states.append(None)
+                side_reps.append(kept.detach())
+                continue
             side_states.append(RandContext(*chunk.values()) if grad_enabled else None)
             with torch.no_grad():
                 side_reps.append(embed(model, chunk))  # (b, H)
@@ -306,9 +319,18 @@ def grad_cache(
             chunked=chunked,
             cache=cache,
             random_states=random_states,
+            kept=kept,
         )
     )
     return loss, metric
+
+
+def _forward_without_reduction(model: nn.Module):
+    """The context for a forward whose backward is not the step's last: DDP decides at forward time.
+
+    FSDP2 and DeepSpeed decide at backward time (see :func:`_reduce_after_last`).
+    """
+    return model.no_sync() if isinstance(model, DistributedDataParallel) else nullcontext()
 
 
 def _replay_with_cached_gradients(
@@ -318,20 +340,24 @@ def _replay_with_cached_gradients(
     embed: EmbedFn,
     chunked: list[list[Features]],
     cache: list[list[Tensor]],
-    random_states: list[list[RandContext]],
+    random_states: list[list[RandContext | None]],
+    kept: Tensor | None,
 ) -> None:
     """Step (3): re-embed each mini-batch under its saved RNG state; back-propagate its cached gradient.
 
+    The mini-batch whose graph step (1) kept (``kept``, the last job) goes first, with no replay.
     ``grad_output`` is what the outer backward hands the loss (1 / accumulation steps, the loss
     scale), so every mini-batch is scaled like a plain loss would be. The gradients are reduced
     once, after the last mini-batch (under DDP an outer ``no_sync`` from gradient accumulation
     still holds).
     """
     jobs = [job for side in zip(chunked, cache, random_states) for job in zip(*side)]
+    if kept is not None:
+        jobs = jobs[-1:] + jobs[:-1]
     with torch.enable_grad(), _reduce_after_last(model) as sync:
         for index, (chunk, cached_grad, random_state) in enumerate(jobs):
-            with sync(index == len(jobs) - 1), random_state:
-                reps = embed(model, chunk)  # (b, H)
+            with sync(index == len(jobs) - 1), random_state or nullcontext():
+                reps = kept if index == 0 and kept is not None else embed(model, chunk)  # (b, H)
                 dtype = torch.promote_types(torch.promote_types(reps.dtype, cached_grad.dtype), torch.float32)
                 surrogate = (reps.to(dtype) * cached_grad.to(dtype)).sum() * grad_output.to(dtype)
                 surrogate.backward()
