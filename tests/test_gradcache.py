@@ -82,6 +82,22 @@ def test_a_token_budget_bounds_each_mini_batch_and_groups_short_texts():
         plan_mini_batches(features)
 
 
+@pytest.mark.parametrize(("budget", "rows"), [(12, None), (30, 4), (3, None), (100, None)])
+def test_a_packed_token_budget_counts_tokens_and_cuts_the_fewest_chunks(budget, rows):
+    features, _ = sort_by_length(make_batch(40, 3))
+    lengths = features["attention_mask"].sum(dim=1).tolist()
+    plan = plan_mini_batches(features, mini_batch_size=rows, max_positions=budget, packed=True)
+    assert [i for r in plan for i in r] == list(range(40))
+    tokens = [sum(lengths[i] for i in chunk) for chunk in plan]
+    for chunk, total in zip(plan, tokens):
+        assert len(chunk) == 1 or total <= budget  # the texts' own tokens, not rows x longest
+        assert rows is None or len(chunk) <= rows
+    for (a, b), total in zip(zip(plan, plan[1:]), tokens):  # no chunk could take the next row: fewest chunks
+        assert total + lengths[b.start] > budget or (rows is not None and len(a) == rows)
+    padded = plan_mini_batches(features, mini_batch_size=rows, max_positions=budget)
+    assert len(plan) <= len(padded)
+
+
 def test_dropout_is_replayed_in_the_second_forward():
     torch.manual_seed(0)
     model = DropoutEncoder(p=0.5)

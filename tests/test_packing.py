@@ -142,11 +142,13 @@ def test_packed_gradients_equal_padded_plain_and_gradcache(backbone, rtol):
         assert_close(grad, expected[name], rtol=rtol, what=name)
     model.zero_grad()
 
-    cached_loss, _ = grad_cache(model, _embed_packed, [queries, documents], info_nce_loss, mini_batch_size=2)
-    cached_loss.backward()
-    assert_close(cached_loss, loss, rtol=rtol)
-    for name, grad in grads_of(model).items():
-        assert_close(grad, expected[name], rtol=rtol, what=name)
+    for limits in (dict(mini_batch_size=2), dict(max_positions=20, packed=True)):  # rows; tokens per packed forward
+        model.zero_grad()
+        cached_loss, _ = grad_cache(model, _embed_packed, [queries, documents], info_nce_loss, **limits)
+        cached_loss.backward()
+        assert_close(cached_loss, loss, rtol=rtol)
+        for name, grad in grads_of(model).items():
+            assert_close(grad, expected[name], rtol=rtol, what=name)
 
 
 def test_peft_lora_model_passes_the_packed_arguments_through():
@@ -169,8 +171,8 @@ def _rows(n: int):
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"mini_batch_size": 3}, {"lora": True}, {"lora": True, "mini_batch_size": 2}],
-    ids=["plain", "gradcache", "lora", "lora-gradcache"],
+    [{}, {"mini_batch_size": 3}, {"mini_batch_positions": 24}, {"lora": True}, {"lora": True, "mini_batch_size": 2}],
+    ids=["plain", "gradcache", "gradcache-tokens", "lora", "lora-gradcache"],
 )
 def test_trainer_padding_free_step_equals_the_padded_step(tmp_path, options):
     options = dict(options)

@@ -64,7 +64,7 @@ class E5TrainingArguments(TrainingArguments):
     )
     mini_batch_positions: int | None = field(
         default=None,
-        metadata={"help": "GradCache by a token budget: padded positions per forward."},
+        metadata={"help": "GradCache by a token budget: padded positions per forward (tokens, with padding_free)."},
     )
     chunk_positions: int = field(
         default=2048,

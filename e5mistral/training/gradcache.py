@@ -113,14 +113,17 @@ def cut_rows(features: Features, ranges: Sequence[range]) -> list[Features]:
 
 
 def plan_mini_batches(
-    sorted_features: Features, mini_batch_size: int | None = None, max_positions: int | None = None
+    sorted_features: Features, mini_batch_size: int | None = None, max_positions: int | None = None,
+    packed: bool = False,
 ) -> list[range]:
     """Row ranges of a length-sorted batch, one per GradCache mini-batch.
 
     With ``max_positions`` (a token budget), :func:`~e5mistral.batching.plan_chunks` cuts chunks of at most
     that many padded positions (rows x longest text, so the budget bounds activation memory) and at most
     ``mini_batch_size`` rows when that is set too: short texts share big forwards, long ones get small
-    ones. With ``mini_batch_size`` alone, every range holds that many rows.
+    ones. With ``mini_batch_size`` alone, every range holds that many rows. ``packed`` (forwards
+    without padding, ``padding_free``): the budget counts the texts' own tokens instead, which is
+    what a packed forward computes and holds, so the fewest chunks that fit are cut in order.
 
     Example:
         >>> f = {"input_ids": torch.ones(4, 8, dtype=torch.long),
@@ -138,8 +141,23 @@ def plan_mini_batches(
         return [range(begin, min(begin + mini_batch_size, batch_size)) for begin in range(0, batch_size, mini_batch_size)]
     if max_positions < 1:
         raise ValueError(f"max_positions must be >= 1, got {max_positions}.")
+    if packed:
+        return _plan_packed(mask.sum(dim=1).tolist(), max_positions, mini_batch_size)
     # A forward costs something on its own (at least one position): ties go to fewer forwards.
     return plan_chunks(mask.sum(dim=1).tolist(), max_positions, max(1, max_positions // 32), mini_batch_size)
+
+
+def _plan_packed(lengths: Sequence[int], max_tokens: int, max_rows: int | None) -> list[range]:
+    """Contiguous chunks of at most ``max_tokens`` tokens in all and ``max_rows`` rows (a longer text
+    alone): each chunk takes rows until the next would not fit, which gives the fewest chunks."""
+    chunks, start, tokens = [], 0, 0
+    for row, length in enumerate(lengths):
+        full = tokens + length > max_tokens or (max_rows is not None and row - start >= max_rows)
+        if row > start and full:
+            chunks.append(range(start, row))
+            start, tokens = row, 0
+        tokens += length
+    return chunks + [range(start, len(lengths))] if lengths else chunks
 
 
 def _trim_trailing_padding(chunk: Features) -> Features:
@@ -239,6 +257,7 @@ def grad_cache(
     loss_fn: Callable[..., tuple[Tensor, Tensor]],
     mini_batch_size: int | None = None,
     max_positions: int | None = None,
+    packed: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """The loss of ``loss_fn(*embeddings)`` over whole batches, embedded a mini-batch at a time.
 
@@ -251,6 +270,8 @@ def grad_cache(
         max_positions: a token budget instead (or as well): at most this many padded positions
             (rows x longest text) per forward pass, so short texts share big forwards
             (:func:`plan_mini_batches`).
+        packed: ``embed`` packs each mini-batch without padding, so ``max_positions`` counts the
+            texts' own tokens.
 
     Returns:
         ``(loss, metric)``: ``loss`` is a detached scalar leaf that requires grad; calling
@@ -268,7 +289,7 @@ def grad_cache(
     """
     # Length-sorted mini-batches pad little; `inverses` restore the original row order for the loss.
     sorted_inputs, inverses = zip(*(sort_by_length(features) for features in inputs))
-    chunked = [cut_rows(features, plan_mini_batches(features, mini_batch_size, max_positions)) for features in sorted_inputs]
+    chunked = [cut_rows(features, plan_mini_batches(features, mini_batch_size, max_positions, packed)) for features in sorted_inputs]
     real_counts = [len(chunks) for chunks in chunked]  # per side, this process's own mini-batches
     # Pad every side to the count of the process with the most mini-batches (see the module docstring).
     agreed = same_count_on_every_process(real_counts, sorted_inputs[0]["input_ids"].device)

@@ -248,7 +248,8 @@ class E5Trainer(Trainer):
         if self.args.uses_gradcache:
             sides = [inputs["query"], inputs["document"]]
             loss, accuracy = grad_cache(
-                model, embed, sides, loss_from_embeddings, self.args.mini_batch_size, self.args.mini_batch_positions
+                model, embed, sides, loss_from_embeddings, self.args.mini_batch_size, self.args.mini_batch_positions,
+                packed=self.args.padding_free,
             )
         else:
             # One graph for the whole batch, embedded in length-sorted chunks: no compute on most padding
