@@ -69,7 +69,8 @@ def section_training(bench: Bench) -> Section:
         f"token budget (`mini_batch_num_tokens={s.mini_batch_tokens}`, real tokens per mini-batch) and with "
         f"`mini_batch_size={s.mini_batch}` (the same memory bound: {s.mini_batch} x {bench.max_length} tokens), and the faster "
         "one is the reference (on the SmolLM2 shape, the one that was faster on the smaller model). Ours: "
-        f"`mini_batch_positions={s.mini_batch_tokens}` (padded positions per forward, a stricter bound). "
+        f"`mini_batch_positions={s.mini_batch_tokens}` (padded positions per forward, a stricter bound; with "
+        "padding-free, tokens per packed forward, CachedMNRL's own bound). "
         "Plain MultipleNegativesRankingLoss has no option for varied lengths (its unpadded inputs need flash "
         "attention, which this CPU has not); ours cuts length-sorted chunks (`chunk_positions`, default 2048)."
     )
