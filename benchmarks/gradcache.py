@@ -1,6 +1,7 @@
 """Section 3, GradCache: step time against the plain step at the same batch (ideal at most 1.33x:
-one extra forward, less the last mini-batch's, whose graph is kept), and peak memory against plain at two batch sizes, each configuration one training
-step in its own process (``python -m benchmarks --memory-probe SPEC``).
+one extra forward, less the last mini-batch's, whose graph is kept), and peak memory against plain
+at two batch sizes, each configuration one training step in its own process
+(``python -m benchmarks --memory-probe SPEC``).
 
 Example: ``print(section_gradcache(bench).text())``; ``run_memory_probe(256, 32, QUICK, 1)``.
 """

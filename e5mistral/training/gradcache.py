@@ -141,10 +141,11 @@ def plan_mini_batches(
         return [range(begin, min(begin + mini_batch_size, batch_size)) for begin in range(0, batch_size, mini_batch_size)]
     if max_positions < 1:
         raise ValueError(f"max_positions must be >= 1, got {max_positions}.")
+    lengths = mask.sum(dim=1).tolist()
     if packed:
-        return _plan_packed(mask.sum(dim=1).tolist(), max_positions, mini_batch_size)
+        return _plan_packed(lengths, max_positions, mini_batch_size)
     # A forward costs something on its own (at least one position): ties go to fewer forwards.
-    return plan_chunks(mask.sum(dim=1).tolist(), max_positions, max(1, max_positions // 32), mini_batch_size)
+    return plan_chunks(lengths, max_positions, max(1, max_positions // 32), mini_batch_size)
 
 
 def _plan_packed(lengths: Sequence[int], max_tokens: int, max_rows: int | None) -> list[range]:

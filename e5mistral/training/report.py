@@ -49,7 +49,7 @@ def start_summary(trainer, train, dev, lora: bool) -> str:
 def gradcache_setting(args) -> str:
     """``"off"``, ``"8 rows"``, ``"4096 positions"`` (``"4096 tokens"`` when packed) or both: how GradCache cuts its mini-batches."""
     limits = [f"{args.mini_batch_size} rows"] * (args.mini_batch_size is not None)
-    unit = "tokens" if getattr(args, "padding_free", False) else "positions"
+    unit = "tokens" if args.padding_free else "positions"
     limits += [f"{args.mini_batch_positions} {unit}"] * (args.mini_batch_positions is not None)
     return " / ".join(limits) or "off"
 
