@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -163,18 +162,19 @@ def varlen_sdpa_attention(
     groups = getattr(module, "num_key_value_groups", 1)
     if groups > 1:  # (1, kv_heads, N, d) -> (1, heads, N, d)
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    # One split per tensor, not a slice per text: a slice's backward writes its gradient into a zeroed copy of
+    # the whole packed tensor (texts x tokens work and memory per layer), a split's backward is one concatenation.
+    lengths = torch.diff(cu_seq_lens_q).tolist()
     outputs = []
-    for start, end in pairwise(cu_seq_lens_q.tolist()):
-        length, band = end - start, None
+    for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2)):
+        length, band = q.shape[2], None
         if sliding_window is not None and length > sliding_window:
             i = torch.arange(length, device=query.device)
             distance = i[:, None] - i[None, :]  # (L, L), this text only
             band = (distance >= 0) & (distance < sliding_window)
         outputs.append(
             F.scaled_dot_product_attention(
-                query[:, :, start:end],
-                key[:, :, start:end],
-                value[:, :, start:end],
+                q, k, v,
                 attn_mask=band,
                 dropout_p=dropout,
                 scale=scaling,
