@@ -273,3 +273,18 @@ def test_the_last_mini_batch_keeps_its_graph_and_is_not_embedded_again():
     assert len(calls) - before == k - 1 and all(grad for grad, _ in calls[before:])
     assert sum(rows for _, rows in calls[before:]) == 15 - 2  # every row but the kept ones, once
     assert grads_at_replay[before:] == [True] * (k - 1)  # the kept graph went first, before any replay
+
+
+def test_join_sides_pads_right_and_refuses_what_it_cannot_join():
+    from e5mistral.training.gradcache import join_sides
+
+    q = {"input_ids": torch.tensor([[5, 2]]), "attention_mask": torch.tensor([[1, 1]])}
+    d = {"input_ids": torch.tensor([[6, 7, 2], [8, 2, 9]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
+    joined, sizes = join_sides([q, d], pad_id=9)
+    assert sizes == [1, 2]
+    assert joined["input_ids"].tolist() == [[5, 2, 9], [6, 7, 2], [8, 2, 9]]
+    assert joined["attention_mask"].tolist() == [[1, 1, 0], [1, 1, 1], [1, 1, 0]]
+    assert join_sides([q, {**d, "attention_mask": d["attention_mask"].bool()}]) is not None  # bool masks too
+    left = {"input_ids": torch.tensor([[0, 6, 2]]), "attention_mask": torch.tensor([[0, 1, 1]])}
+    assert join_sides([q, left]) is None  # left padding: widening on the right would change positions
+    assert join_sides([q, {**d, "token_type_ids": torch.zeros(2, 3, dtype=torch.long)}]) is None

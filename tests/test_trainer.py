@@ -99,6 +99,8 @@ def assert_weights_equal(actual, expected, start):
         {"mini_batch_size": 3, "activation_checkpointing": True},
         {"mini_batch_positions": 24},  # GradCache with a token budget
         {"mini_batch_positions": 40, "mini_batch_size": 3},
+        {"padding_free": True},  # queries and documents packed in one row
+        {"padding_free": True, "mini_batch_positions": 24},
     ],
 )
 def test_one_step_equals_the_hand_written_sgd_step(tmp_path, options):
@@ -111,6 +113,21 @@ def test_one_step_equals_the_hand_written_sgd_step(tmp_path, options):
     )
     trainer.train()
     assert_weights_equal(trainer.model.state_dict(), expected, start)
+
+
+@pytest.mark.parametrize("options", [{"chunk_positions": 0}, {"padding_free": True}, {"mini_batch_size": 64}])
+def test_queries_and_documents_share_one_forward_when_they_fit(tmp_path, options):
+    rows = make_rows(8)
+    model = make_tiny_model(TOKENIZER).train()
+    trainer = E5Trainer(model, args(tmp_path, **options), train_dataset=rows, processing_class=TOKENIZER)
+    batch = next(iter(trainer.get_train_dataloader()))
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    trainer.compute_loss(model, batch).backward()
+    hook.remove()
+    texts = batch["query"]["input_ids"].shape[0] + batch["document"]["input_ids"].shape[0]  # 8 queries, 16 documents
+    # one forward of all 24 texts (GradCache: no replay, the one forward kept its graph)
+    assert len(calls) == 1 and (calls[0][0] == texts or options.get("padding_free")), calls
 
 
 def test_lora_with_gradcache_equals_lora_plain(tmp_path):

@@ -56,6 +56,7 @@ __all__ = [
     "RandContext",
     "embed_length_sorted",
     "grad_cache",
+    "join_sides",
     "plan_mini_batches",
     "same_count_on_every_process",
     "sort_by_length",
@@ -194,6 +195,43 @@ def sort_by_length(features: Features) -> tuple[Features, Tensor]:
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)  # (B,)
     return {key: value[order] for key, value in features.items()}, inverse
+
+
+def join_sides(sides: Sequence[Features], pad_id: int = 0) -> tuple[Features, list[int]] | None:
+    """All sides' rows as one right-padded batch, and each side's row count; None if they cannot share forwards.
+
+    Queries and documents run through the same model, so one plan of length-sorted chunks (or
+    GradCache mini-batches, or one packed row) over all their rows needs fewer forwards than one
+    per side: each forward also costs a fixed share (every weight's gradient accumulated once
+    more, the embedding's dense gradient, per-layer work), and a side's last, part-filled, chunk
+    no longer runs alone. Sides join only when they hold the same keys, ``input_ids`` and a
+    right-padded ``attention_mask`` (what :class:`~e5mistral.training.collator.E5Collator` makes);
+    the narrower ones are padded on the right with ``pad_id`` (masked, never attended to).
+
+    Example:
+        >>> q = {"input_ids": torch.tensor([[5, 2]]), "attention_mask": torch.tensor([[1, 1]])}
+        >>> d = {"input_ids": torch.tensor([[6, 7, 2], [8, 2, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
+        >>> joined, sizes = join_sides([q, d])
+        >>> joined["input_ids"].tolist(), sizes
+        ([[5, 2, 0], [6, 7, 2], [8, 2, 0]], [1, 2])
+    """
+    keys = set(sides[0])
+    if keys != {"input_ids", "attention_mask"} or any(set(side) != keys for side in sides):
+        return None
+    for side in sides:
+        mask = side["attention_mask"]
+        if mask.dim() != 2 or side["input_ids"].shape != mask.shape or bool((mask.long().diff(dim=1) > 0).any()):
+            return None  # not right-padded (a row whose mask rises again)
+    width = max(side["input_ids"].shape[1] for side in sides)
+
+    def widened(tensor: Tensor, value: int) -> Tensor:  # (b, t) -> (b, width), right-padded with value
+        return torch.cat([tensor, tensor.new_full((tensor.shape[0], width - tensor.shape[1]), value)], dim=1)
+
+    joined = {
+        "input_ids": torch.cat([widened(side["input_ids"], pad_id) for side in sides]),
+        "attention_mask": torch.cat([widened(side["attention_mask"], 0) for side in sides]),
+    }
+    return joined, [side["input_ids"].shape[0] for side in sides]
 
 
 def embed_length_sorted(model: nn.Module, embed: EmbedFn, features: Features, max_positions: int = 8192) -> Tensor:
