@@ -60,9 +60,9 @@ def section_training(bench: Bench) -> Section:
         f"truncated to {bench.max_length} tokens, {s.warmup_steps} warm-up step(s) then {bench.steps} timed, "
         f"{s.repeats} alternating repeats. {real.describe()}: {real.batch} rows, "
         f"{real.max_length} tokens, {real.steps} timed steps, {s.real_repeats} repeats. Both: temperature {TEMPERATURE} "
-        f"(scale {1 / TEMPERATURE:g}), AdamW lr 1e-5, full fine-tuning, fp32; the time runs from the end of the last "
-        "warm-up step to the end of the last step, so it includes data loading, collation (tokenisation) and the "
-        "optimizer. Each side's fastest repeat counts."
+        f"(scale {1 / TEMPERATURE:g}), fused AdamW (`adamw_torch_fused`, both trainers' default) lr 1e-5, full "
+        "fine-tuning, fp32; the time runs from the end of the last warm-up step to the end of the last step, so it "
+        "includes data loading, collation (tokenisation) and the optimizer. Each side's fastest repeat counts."
     )
     sec.notes.append(
         f"sentence-transformers at its fastest: for GradCache, CachedMultipleNegativesRankingLoss ran both with its "
