@@ -59,7 +59,7 @@ class E5TrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "GradCache: texts embedded per forward pass, so that `per_device_train_batch_size` rows "
-            "share one softmax at the memory cost of this many. Unset: off (one graph per side)."
+            "share one softmax at the memory cost of this many. Unset: off (one graph for the batch)."
         },
     )
     mini_batch_positions: int | None = field(
@@ -70,7 +70,7 @@ class E5TrainingArguments(TrainingArguments):
         default=2048,
         metadata={
             "help": "Without GradCache, length-sorted chunks of at most this many padded positions (one "
-            "forward's gradients, less padding); 0: one forward per side."
+            "forward's gradients, less padding); 0: one forward (queries and documents together)."
         },
     )
     padding_free: bool = field(
@@ -163,7 +163,7 @@ class E5TrainingArguments(TrainingArguments):
         if self.num_negatives is not None and self.num_negatives < 0:
             raise ValueError(f"num_negatives={self.num_negatives} must be >= 0, or None for all hard negatives.")
         if self.chunk_positions < 0:
-            raise ValueError(f"chunk_positions={self.chunk_positions} must be >= 0 (0: one forward per side).")
+            raise ValueError(f"chunk_positions={self.chunk_positions} must be >= 0 (0: one forward for the batch).")
         if self.mini_batch_size is not None and self.mini_batch_size < 1:
             raise ValueError(
                 f"mini_batch_size={self.mini_batch_size} must be >= 1; leave it unset to turn GradCache off."
