@@ -72,7 +72,8 @@ def section_gradcache(bench: Bench) -> Section:
     plain, cached = bench.run("e5"), bench.run("e5_gradcache")
     overhead = cached.seconds_per_step / plain.seconds_per_step
     sec.add(f"step time, batch {s.batch}, token budget {s.mini_batch_tokens} (vs plain step)", fmt(cached.seconds_per_step, "s"),
-            fmt(plain.seconds_per_step, "s"), overhead, "<= ~1.33x (one extra forward at most)", overhead <= 1.5)
+            fmt(plain.seconds_per_step, "s"), overhead, "about 1.33x, the ideal (one extra forward); checked as <= 1.4x",
+            overhead <= 1.4)
     expected = 4 / 3 * (1 - plain.padding_share) / (1 - cached.padding_share)
     sec.notes.append(
         f"Counting computed positions (chunks are trimmed to their own longest text: padding {cached.padding_share:.0%} "
