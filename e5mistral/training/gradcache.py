@@ -210,7 +210,8 @@ def join_sides(sides: Sequence[Features], pad_id: int = 0) -> tuple[Features, li
 
     Example:
         >>> q = {"input_ids": torch.tensor([[5, 2]]), "attention_mask": torch.tensor([[1, 1]])}
-        >>> d = {"input_ids": torch.tensor([[6, 7, 2], [8, 2, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
+        >>> d = {"input_ids": torch.tensor([[6, 7, 2], [8, 2, 0]]),
+        ...      "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
         >>> joined, sizes = join_sides([q, d])
         >>> joined["input_ids"].tolist(), sizes
         ([[5, 2, 0], [6, 7, 2], [8, 2, 0]], [1, 2])
