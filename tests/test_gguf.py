@@ -290,3 +290,40 @@ def test_real_smollm2_imports_and_chats(tmp_path):
     with torch.no_grad():
         pooled = embedder(**tokenizer(TEXTS, padding=True, return_tensors="pt")).pooler_output
     assert pooled.shape == (len(TEXTS), 576)
+
+
+@pytest.fixture(scope="module")
+def smollm2_folder(tmp_path_factory):
+    return import_gguf(SMOLLM2, tmp_path_factory.mktemp("smollm2") / "folder")
+
+
+@pytest.mark.skipif(not SMOLLM2, reason="opt-in: set E5MISTRAL_SMOLLM2_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf")
+@pytest.mark.parametrize(
+    "options", [{}, {"padding_free": True}, {"mini_batch_positions": 96}, {"padding_free": True, "mini_batch_size": 3}],
+    ids=["chunks", "padding-free", "gradcache-tokens", "padding-free-gradcache"],
+)
+def test_real_smollm2_trainer_gradients_equal_a_forward_per_side(smollm2_folder, tmp_path, options):
+    """On the real LLM, the trainer's shared forwards (joined sides, packed rows, GradCache) give the
+    gradients of the plain recipe: queries and documents embedded in one padded forward each."""
+    from datasets import Dataset
+
+    from e5mistral.testing import make_training_rows, sgd_step_arguments
+    from e5mistral.training.collator import E5Collator
+    from e5mistral.training.loss import info_nce
+    from e5mistral.training.trainer import E5Trainer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder)
+    model = E5MistralModel.from_pretrained(smollm2_folder).train()
+    rows = make_training_rows(6)
+    for i, row in enumerate(rows):  # texts of different lengths
+        row["positive"] += " on the slopes above the valley" * (i % 3)
+    batch = E5Collator(tokenizer, num_negatives=1)(rows)
+    q, d = model(**batch["query"]).pooler_output, model(**batch["document"]).pooler_output
+    info_nce(q, d, None, 0.05, batch["document_ids"])[0].backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    args = sgd_step_arguments(tmp_path, per_device_train_batch_size=6, **options)
+    trainer = E5Trainer(model, args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    trainer.compute_loss(model, batch).backward()
+    for name, p in model.named_parameters():
+        assert_close(p.grad, expected[name], rtol=1e-4, what=name)
