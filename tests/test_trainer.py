@@ -125,9 +125,11 @@ def test_queries_and_documents_share_one_forward_when_they_fit(tmp_path, options
     hook = model.register_forward_pre_hook(lambda module, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
     trainer.compute_loss(model, batch).backward()
     hook.remove()
-    texts = batch["query"]["input_ids"].shape[0] + batch["document"]["input_ids"].shape[0]  # 8 queries, 16 documents
-    # one forward of all 24 texts (GradCache: no replay, the one forward kept its graph)
-    assert len(calls) == 1 and (calls[0][0] == texts or options.get("padding_free")), calls
+    sides = (batch["query"], batch["document"])
+    texts = sum(side["input_ids"].shape[0] for side in sides)  # 8 queries, 16 documents
+    tokens = sum(int(side["attention_mask"].sum()) for side in sides)
+    # one forward of all 24 texts (GradCache: no replay, the one forward kept its graph); packed: one row of them all
+    assert len(calls) == 1 and (calls[0] == (1, tokens) if options.get("padding_free") else calls[0][0] == texts), calls
 
 
 def test_lora_with_gradcache_equals_lora_plain(tmp_path):

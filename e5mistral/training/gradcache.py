@@ -45,6 +45,7 @@ from functools import partial
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
 from torch.nn.parallel import DistributedDataParallel
@@ -224,13 +225,9 @@ def join_sides(sides: Sequence[Features], pad_id: int = 0) -> tuple[Features, li
         if mask.dim() != 2 or side["input_ids"].shape != mask.shape or bool((mask.long().diff(dim=1) > 0).any()):
             return None  # not right-padded (a row whose mask rises again)
     width = max(side["input_ids"].shape[1] for side in sides)
-
-    def widened(tensor: Tensor, value: int) -> Tensor:  # (b, t) -> (b, width), right-padded with value
-        return torch.cat([tensor, tensor.new_full((tensor.shape[0], width - tensor.shape[1]), value)], dim=1)
-
-    joined = {
-        "input_ids": torch.cat([widened(side["input_ids"], pad_id) for side in sides]),
-        "attention_mask": torch.cat([widened(side["attention_mask"], 0) for side in sides]),
+    joined = {  # each side right-padded to the widest: (sum b_i, width)
+        key: torch.cat([F.pad(side[key], (0, width - side[key].shape[1]), value=value) for side in sides])
+        for key, value in (("input_ids", pad_id), ("attention_mask", 0))
     }
     return joined, [side["input_ids"].shape[0] for side in sides]
 
